@@ -1,0 +1,34 @@
+"""hf_vltprune: cross-modal token pruning and merging for Hugging Face vision-language transformers.
+
+Importing the package registers the pruned model types with the transformers Auto classes.
+"""
+
+from .auto import AutoPrunedModel, get_pruned_model, register_auto_classes
+from .config import PruningConfig
+from .measure import measure
+from .models.blip import (
+    BlipPrunedConfig,
+    BlipPrunedForConditionalGeneration,
+    BlipPrunedForImageTextRetrieval,
+    BlipPrunedForQuestionAnswering,
+    BlipPrunedModel,
+)
+from .reduce import reducer_names, register_reducer
+
+register_auto_classes()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoPrunedModel",
+    "BlipPrunedConfig",
+    "BlipPrunedForConditionalGeneration",
+    "BlipPrunedForImageTextRetrieval",
+    "BlipPrunedForQuestionAnswering",
+    "BlipPrunedModel",
+    "PruningConfig",
+    "get_pruned_model",
+    "measure",
+    "reducer_names",
+    "register_reducer",
+]

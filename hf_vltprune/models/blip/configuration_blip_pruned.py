@@ -1,0 +1,36 @@
+"""`BlipPrunedConfig`: a stock `BlipConfig` plus the `pruning` settings."""
+
+from __future__ import annotations
+
+from transformers import BlipConfig
+
+from ...config import PruningConfig
+
+
+class BlipPrunedConfig(BlipConfig):
+    r"""Configuration of a pruning-enabled BLIP model.
+
+    Everything a [`~transformers.BlipConfig`] holds, plus `pruning`: the [`PruningConfig`] as a dict, so that it is
+    written to `config.json` and restored by `from_pretrained`.
+
+    Args:
+        pruning (`dict` or [`PruningConfig`], *optional*):
+            How the model reduces tokens. Defaults to `PruningConfig()` (keep 1.0: the stock model).
+    """
+
+    model_type = "blip_pruned"
+
+    pruning: dict | PruningConfig | None = None
+
+    def __post_init__(self, **kwargs):
+        pruning = self.pruning
+        if not isinstance(pruning, PruningConfig):
+            pruning = PruningConfig.from_dict(dict(pruning or {}))
+        super().__post_init__(**kwargs)
+        pruning.validate_for_model(self.vision_config.num_hidden_layers, self.text_config.num_hidden_layers)
+        self.pruning = pruning.to_dict()
+
+    @property
+    def pruning_config(self) -> PruningConfig:
+        """The validated [`PruningConfig`] stored in `pruning`."""
+        return PruningConfig.from_dict(self.pruning)

@@ -1,0 +1,26 @@
+"""Model-agnostic token reduction on tensors (no transformers import in this package)."""
+
+from .base import LayerMetric, TokenReducer
+from .crossget import CrossGETReducer, js_divergence
+from .matching import Matching, bipartite_soft_matching, complete_graph_soft_matching, merge_tokens
+from .registry import get_reducer_class, reducer_names, register_reducer
+from .state import TokenState, attention_bias, compact
+from .tome import ToMeReducer
+
+__all__ = [
+    "CrossGETReducer",
+    "LayerMetric",
+    "Matching",
+    "ToMeReducer",
+    "TokenReducer",
+    "TokenState",
+    "attention_bias",
+    "bipartite_soft_matching",
+    "compact",
+    "complete_graph_soft_matching",
+    "get_reducer_class",
+    "js_divergence",
+    "merge_tokens",
+    "reducer_names",
+    "register_reducer",
+]

@@ -1,0 +1,82 @@
+"""`TokenReducer`: the interface every method implements, and the budget arithmetic they share."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from .state import TokenState
+
+
+class LayerMetric(NamedTuple):
+    """What a layer's self-attention computed anyway and reducers may read: `[B, H, N, d]` queries and keys."""
+
+    queries: torch.Tensor
+    keys: torch.Tensor
+
+
+class TokenReducer(nn.Module):
+    """Reduces the tokens of one encoder (vision or text).
+
+    An encoder calls `start` after its embeddings, `before_layer` at the top of every layer, `forward` between the
+    self-attention residual and the next sub-layer of every layer listed in `schedule`, and `finish` before the heads
+    read the output.
+
+    Args:
+        schedule: layer index -> fraction of the original (unprotected) tokens left after that layer.
+        hidden_size: width of the encoder's hidden states.
+        num_layers: depth of the encoder.
+        options: the method's options, already resolved by `resolve_options`.
+    """
+
+    method_name: ClassVar[str] = ""
+    default_options: ClassVar[dict[str, Any]] = {}
+    # Initial value of each own parameter that a checkpoint may lack: normal std, 0.0 for zeros (the default).
+    init_std: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, schedule: dict[int, float], hidden_size: int, num_layers: int, options: dict[str, Any]):
+        super().__init__()
+        self.schedule = dict(schedule)
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.options = dict(options)
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Fill in defaults and reject unknown option names (called by `PruningConfig`)."""
+        unknown = sorted(set(options) - set(cls.default_options))
+        if unknown:
+            allowed = sorted(cls.default_options) or "none"
+            raise ValueError(
+                f"PruningConfig.method_options has unknown option(s) {unknown} for method {cls.method_name!r}: "
+                f"allowed {allowed}."
+            )
+        return {**cls.default_options, **options}
+
+    def reduces_at(self, layer_idx: int) -> bool:
+        return layer_idx in self.schedule
+
+    def start(self, state: TokenState) -> TokenState:
+        return state
+
+    def before_layer(self, layer_idx: int, state: TokenState) -> TokenState:
+        return state
+
+    def forward(self, layer_idx: int, state: TokenState, metric: LayerMetric) -> TokenState:
+        raise NotImplementedError
+
+    def finish(self, state: TokenState) -> TokenState:
+        return state.drop_guides()
+
+    def tokens_to_remove(self, layer_idx: int, state: TokenState) -> torch.Tensor:
+        """`[B]` tokens each sample must lose in this layer to meet the schedule.
+
+        The target is absolute (a fraction of the sample's original token count, which the sizes preserve), so a
+        layer that could not remove enough leaves the rest to the next reducing layer.
+        """
+        protected = (state.protected() & state.valid()).sum(dim=1)
+        original = state.original_counts().round().long() - protected
+        target = torch.floor(original * self.schedule[layer_idx] + 0.5).long().clamp(min=1)
+        return (state.counts() - protected - target).clamp(min=0)

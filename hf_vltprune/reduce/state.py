@@ -1,0 +1,108 @@
+"""`TokenState`: the tokens of one encoder as they flow through its layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass
+class TokenState:
+    """Hidden states plus what a reducer needs to know about each token.
+
+    Args:
+        hidden: `[B, N, C]` token features.
+        size: `[B, N]` number of original tokens each token stands for, or `None` while nothing was merged (all 1).
+        mask: `[B, N]` bool, `True` for real tokens, or `None` while every token is real. Padding (text) and tokens
+            removed by a per-instance method are `False`.
+        guide: `[B, N]` bool, `True` for guide tokens that a method appended (CrossGET's cross token), or `None`.
+            Guide tokens are never merged and are dropped before the heads read the output.
+    """
+
+    hidden: torch.Tensor
+    size: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    guide: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.hidden.shape[1]
+
+    def with_hidden(self, hidden: torch.Tensor) -> "TokenState":
+        return replace(self, hidden=hidden)
+
+    def sizes(self) -> torch.Tensor:
+        if self.size is not None:
+            return self.size
+        return self.hidden.new_ones(self.hidden.shape[:2], dtype=torch.float32)
+
+    def valid(self) -> torch.Tensor:
+        if self.mask is not None:
+            return self.mask
+        return torch.ones(self.hidden.shape[:2], dtype=torch.bool, device=self.hidden.device)
+
+    def protected(self) -> torch.Tensor:
+        """Tokens no reducer may touch: the summary token at index 0 (CLS) and guide tokens."""
+        protected = torch.zeros(self.hidden.shape[:2], dtype=torch.bool, device=self.hidden.device)
+        protected[:, 0] = True
+        if self.guide is not None:
+            protected |= self.guide
+        return protected
+
+    def counts(self) -> torch.Tensor:
+        """`[B]` number of real tokens per sample."""
+        return self.valid().sum(dim=1)
+
+    def original_counts(self) -> torch.Tensor:
+        """`[B]` number of original tokens the real tokens stand for (sizes always sum to this)."""
+        return (self.sizes() * self.valid()).sum(dim=1)
+
+    def attention_bias(self, dtype: torch.dtype, proportional: bool = True) -> torch.Tensor | None:
+        """Additive key bias `[B, 1, 1, N]` for attention, or `None` when it would be all zeros."""
+        return attention_bias(self.size if proportional else None, self.mask, dtype)
+
+    def drop_guides(self) -> "TokenState":
+        if self.guide is None:
+            return self
+        mask = self.valid() & ~self.guide
+        return compact(replace(self, mask=mask, guide=None))
+
+
+def attention_bias(size: torch.Tensor | None, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """`log(size)` of each key (proportional attention) plus the dtype's minimum where the key is masked out.
+
+    The minimum (not -inf) matches transformers' own padding masks, so a masked key gets exactly zero weight without
+    producing NaN in rows that are themselves padding.
+    """
+    if size is None and mask is None:
+        return None
+    reference = size if size is not None else mask
+    bias = torch.zeros(reference.shape, dtype=dtype, device=reference.device)
+    if size is not None:
+        bias = bias + size.log().to(dtype)
+    if mask is not None:
+        bias = bias.masked_fill(~mask, torch.finfo(dtype).min)
+    return bias[:, None, None, :]
+
+
+def compact(state: TokenState) -> TokenState:
+    """Gather each sample's real tokens to the front (original order kept) and cut the batch to its longest row."""
+    if state.mask is None:
+        return state
+    if bool(state.mask.all()):
+        return replace(state, mask=None)
+    longest = int(state.mask.sum(dim=1).max())
+    if longest == state.num_tokens:
+        return state
+    # A stable sort of "is removed" puts kept tokens first without reordering them.
+    order = torch.argsort((~state.mask).to(torch.int8), dim=1, stable=True)[:, :longest]
+    hidden = state.hidden.gather(1, order[..., None].expand(-1, -1, state.hidden.shape[-1]))
+    mask = state.mask.gather(1, order)
+    size = state.size.gather(1, order) if state.size is not None else None
+    guide = state.guide.gather(1, order) if state.guide is not None else None
+    return TokenState(hidden=hidden, size=size, mask=None if bool(mask.all()) else mask, guide=guide)
