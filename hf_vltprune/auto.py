@@ -95,7 +95,9 @@ def get_pruned_model(model: PreTrainedModel, pruning_config: PruningConfig | dic
     config = BlipPrunedConfig.from_dict(config_dict)
     pruned = pruned_class(config)
     missing, unexpected = pruned.load_state_dict(model.state_dict(), strict=False)
+    # Reducer parameters may be new (stock model) or dropped (re-configured to a method without them).
     stock_missing = [key for key in missing if ".reducer." not in key]
+    unexpected = [key for key in unexpected if ".reducer." not in key]
     if unexpected or stock_missing:
         raise RuntimeError(
             f"Weights of {type(model).__name__} did not map onto {pruned_class.__name__}: missing {stock_missing}, "

@@ -81,7 +81,8 @@ def count_tokens(model: nn.Module, inputs: dict, forward=None) -> dict[str, list
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and name.endswith(("encoder.layers", "encoder.layer")):
-            encoder = name.rsplit(".encoder", 1)[0]
+            # "vision_model.encoder.layers" -> "vision_model"; a bare encoder model reports as "encoder".
+            encoder = name.rpartition("encoder.")[0].rstrip(".") or "encoder"
             for layer in module:
 
                 def hook(_, args, kwargs, encoder=encoder):

@@ -1,0 +1,116 @@
+"""Speed of BLIP-base's vision encoder (ViT-B/16 at 384 px, 577 tokens, random weights) with and without reduction.
+
+Rows: the stock transformers encoder (eager attention), ours unpruned (SDPA), and `tome` / `crossget` at
+vision_keep 0.5 and 0.25. For each reduced row, the "ideal" is the same encoder run on the same number of tokens per
+layer with no reducer, so `overhead` is what matching and merging cost on top of the smaller sequences.
+
+    python benchmarks/speed_blip.py                 # GPU if present: batch 32, bf16; else CPU: batch 2, fp32
+    python benchmarks/speed_blip.py --batch-size 8 --dtype float32 --out benchmarks/results
+
+Writes `speed_blip.json` and `speed_blip.md` in `--out`. Targets: unpruned SDPA >= 1.3x faster than stock eager;
+reducer overhead <= 10% of the ideal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+from pathlib import Path
+
+import torch
+from transformers import BlipVisionConfig
+from transformers.models.blip.modeling_blip import BlipVisionModel
+
+from hf_vltprune import PruningConfig
+from hf_vltprune.measure import count_flops, count_tokens, time_forward
+from hf_vltprune.models.blip.modeling_blip_pruned import BlipPrunedVisionModel
+from hf_vltprune.reduce import TokenState
+
+BLIP_BASE_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        image_size=384, patch_size=16)
+
+
+def build(pruning: PruningConfig | None, attn: str, device, dtype) -> torch.nn.Module:
+    config = BlipVisionConfig(**BLIP_BASE_VISION)
+    config._attn_implementation = attn
+    torch.manual_seed(0)
+    model = BlipVisionModel(config) if pruning is None else BlipPrunedVisionModel(config, pruning)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+class IdealEncoder(torch.nn.Module):
+    """The unpruned encoder fed exactly `counts[i]` tokens at layer i (the first ones), with no reducer."""
+
+    def __init__(self, model: BlipPrunedVisionModel, counts: list[int]):
+        super().__init__()
+        self.model, self.counts = model, counts
+
+    def forward(self, pixel_values):
+        hidden = self.model.embeddings(pixel_values)
+        for layer, count in zip(self.model.encoder.layers, self.counts):
+            hidden = hidden[:, :count]
+            hidden, _ = layer(hidden, state=TokenState(hidden), implementation="sdpa")
+        return self.model.post_layernorm(hidden)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--batch-size", type=int, default=32 if cuda else 2)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16" if cuda else "float32")
+    parser.add_argument("--repeats", type=int, default=20 if cuda else 5)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.repeats < 1:
+        parser.error("--batch-size and --repeats must be >= 1")
+
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = getattr(torch, args.dtype)
+    pixels = torch.randn(args.batch_size, 3, 384, 384, device=device, dtype=dtype)
+    inputs = {"pixel_values": pixels}
+
+    rows = []
+
+    def record(name, model, forward=None, ideal_ms=None, keep=1.0):
+        ms = time_forward(model, inputs, repeats=args.repeats, warmup=3, forward=forward)
+        flops, _ = count_flops(model, inputs, forward)
+        row = dict(variant=name, vision_keep=keep, ms_per_batch=round(ms, 3),
+                   gflops_per_sample=round(flops / args.batch_size / 1e9, 2))
+        if ideal_ms is not None:
+            row.update(ideal_ms=round(ideal_ms, 3), overhead_pct=round(100 * (ms - ideal_ms) / ideal_ms, 1))
+        rows.append(row)
+        print(row, flush=True)
+        return ms
+
+    stock_ms = record("stock eager", build(None, "eager", device, dtype))
+    ours = build(PruningConfig(), "sdpa", device, dtype)
+    ours_ms = record("ours sdpa, unpruned", ours)
+    rows[-1]["speedup_vs_stock"] = round(stock_ms / ours_ms, 2)
+    for method in ("tome", "crossget"):
+        for keep in (0.5, 0.25):
+            model = build(PruningConfig(method=method, vision_keep=keep), "sdpa", device, dtype)
+            counts = [round(c) for c in count_tokens(model, inputs)["encoder"]]
+            ideal = IdealEncoder(model, counts)
+            ideal_ms = time_forward(ideal, inputs, repeats=args.repeats, warmup=3)
+            ms = record(f"{method}", model, ideal_ms=ideal_ms, keep=keep)
+            rows[-1]["speedup_vs_stock"] = round(stock_ms / ms, 2)
+            rows[-1]["tokens_out"] = counts[-1]
+
+    machine = torch.cuda.get_device_name(device) if cuda else f"CPU ({platform.processor() or platform.machine()})"
+    meta = dict(date=datetime.date.today().isoformat(), machine=machine, torch=torch.__version__,
+                batch_size=args.batch_size, dtype=args.dtype, shape="BLIP-base ViT-B/16 @384 (577 tokens)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed_blip.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+    columns = ["variant", "vision_keep", "ms_per_batch", "gflops_per_sample", "speedup_vs_stock", "ideal_ms",
+               "overhead_pct"]
+    table = [f"{meta['shape']}, batch {args.batch_size}, {args.dtype}, {machine}, {meta['date']}", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    table += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    (args.out / "speed_blip.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
