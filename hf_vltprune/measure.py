@@ -62,7 +62,7 @@ def count_flops(model: nn.Module, inputs: dict, forward=None) -> tuple[float, di
     Runs SDPA through its math backend so attention is counted on every device (the fused CPU kernel has no
     FLOP formula in `torch.utils.flop_counter`); the FLOPs are those of the computation, whichever kernel runs it.
     """
-    forward = forward or model
+    forward = model if forward is None else forward
     counter = FlopCounterMode(display=False, depth=None)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         forward(**inputs)
@@ -76,7 +76,7 @@ def count_flops(model: nn.Module, inputs: dict, forward=None) -> tuple[float, di
 
 def count_tokens(model: nn.Module, inputs: dict, forward=None) -> dict[str, list[float]]:
     """Mean real tokens entering each layer that receives a `TokenState`, per encoder."""
-    forward = forward or model
+    forward = model if forward is None else forward
     tokens: dict[str, list[float]] = {}
     handles = []
     for name, module in model.named_modules():
@@ -102,7 +102,7 @@ def count_tokens(model: nn.Module, inputs: dict, forward=None) -> dict[str, list
 
 def time_forward(model: nn.Module, inputs: dict, repeats: int = 10, warmup: int = 2, forward=None) -> float:
     """Median milliseconds of one call, each run synchronised with the device."""
-    forward = forward or model
+    forward = model if forward is None else forward
     device = next(model.parameters()).device
     times = []
     with torch.inference_mode():

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from hf_vltprune.attention import attend
 from hf_vltprune.reduce import (
+    Budget,
     CrossGETReducer,
     LayerMetric,
     TokenState,
@@ -29,6 +30,12 @@ def random_state(batch=3, tokens=13, channels=8, padded=True, seed=0):
     return TokenState(hidden=hidden, mask=mask)
 
 
+def per_sample(r):
+    """A budget taken through the general (per-sample, padded) path."""
+    r = torch.as_tensor(r)
+    return Budget(r, int(r.max()), False)
+
+
 def eligible_of(state):
     return state.valid() & ~state.protected()
 
@@ -36,8 +43,8 @@ def eligible_of(state):
 def matchings(state, r):
     metric = state.hidden
     importance = torch.randn(state.hidden.shape[:2])
-    yield "bipartite", bipartite_soft_matching(metric, r, eligible_of(state))
-    yield "complete", complete_graph_soft_matching(metric, importance, r, eligible_of(state))
+    yield "bipartite", bipartite_soft_matching(metric, per_sample(r), eligible_of(state))
+    yield "complete", complete_graph_soft_matching(metric, importance, per_sample(r), eligible_of(state))
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -67,10 +74,10 @@ def test_sizes_sum_to_the_original_count_over_repeated_merges():
     original = state.original_counts()
     r = torch.tensor([2, 2, 1])
     for step in range(3):
-        state = merge_tokens(state, bipartite_soft_matching(state.hidden, r, eligible_of(state)))
+        state = merge_tokens(state, bipartite_soft_matching(state.hidden, per_sample(r), eligible_of(state)))
         assert torch.allclose(state.original_counts(), original)
         importance = torch.randn(state.hidden.shape[:2])
-        state = merge_tokens(state, complete_graph_soft_matching(state.hidden, importance, r, eligible_of(state)))
+        state = merge_tokens(state, complete_graph_soft_matching(state.hidden, importance, per_sample(r), eligible_of(state)))
         assert torch.allclose(state.original_counts(), original)
     assert bool((state.counts() < random_state(padded=True).counts()).all())
 
@@ -78,7 +85,7 @@ def test_sizes_sum_to_the_original_count_over_repeated_merges():
 def test_a_merged_token_is_the_size_weighted_mean_of_its_sources():
     state = random_state(batch=1, tokens=11, padded=False)
     state = TokenState(hidden=state.hidden, size=torch.randint(1, 5, (1, 11)).float())
-    match = bipartite_soft_matching(state.hidden, torch.tensor([4]), eligible_of(state))
+    match = bipartite_soft_matching(state.hidden, per_sample([4]), eligible_of(state))
     merged = merge_tokens(state, match)
     # Track where each surviving token went: compaction keeps the original order.
     removed = set(match.src[0].tolist())
@@ -95,6 +102,26 @@ def test_a_merged_token_is_the_size_weighted_mean_of_its_sources():
     assert torch.allclose(total_before, total_after, atol=1e-5)
 
 
+@pytest.mark.parametrize("reducer_class", [ToMeReducer, CrossGETReducer])
+def test_dense_fast_path_equals_the_per_sample_path(reducer_class):
+    dense = random_state(batch=2, tokens=15, padded=False)
+    assert dense.is_dense
+    general = TokenState(hidden=dense.hidden, mask=torch.ones(2, 15, dtype=torch.bool))
+    assert not general.is_dense
+    reducer = reducer_class({0: 0.6, 1: 0.3}, hidden_size=8, num_layers=2, options={})
+    outs = []
+    for state in (dense, general):
+        state = reducer.start(state)
+        for layer in (0, 1):
+            keys = state.hidden.view(2, -1, 2, 4).transpose(1, 2)
+            state = reducer(layer, reducer.before_layer(layer, state), LayerMetric(queries=keys, keys=keys))
+        outs.append(reducer.finish(state))
+    assert outs[0].mask is None and outs[1].mask is None
+    assert torch.allclose(outs[0].hidden, outs[1].hidden, atol=1e-6)
+    assert torch.equal(outs[0].size, outs[1].size)
+    assert outs[0].num_tokens == 1 + round(14 * 0.3)
+
+
 def test_cls_is_never_merged_and_stays_first():
     state = random_state(padded=True)
     state.hidden[:, 0] = state.hidden[:, 1]  # CLS identical to a neighbour: the most tempting pair
@@ -109,7 +136,7 @@ def test_crossget_merge_is_the_importance_weighted_combination():
     # Unit sizes and one source: the destination becomes w_src * x_src + w_dst * x_dst.
     state = random_state(batch=1, tokens=6, padded=False)
     importance = torch.randn(1, 6)
-    match = complete_graph_soft_matching(state.hidden, importance, torch.tensor([1]), eligible_of(state))
+    match = complete_graph_soft_matching(state.hidden, importance, per_sample([1]), eligible_of(state))
     s, d = int(match.src[0, 0]), int(match.dst[0, 0])
     w = torch.stack([importance[0, s], importance[0, d]]).softmax(0)
     merged = merge_tokens(state, match, src_weight=2 * w[:1][None], dst_weight=2 * w[1:][None] - 1)

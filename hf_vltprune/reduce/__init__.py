@@ -1,6 +1,6 @@
 """Model-agnostic token reduction on tensors (no transformers import in this package)."""
 
-from .base import LayerMetric, TokenReducer
+from .base import Budget, LayerMetric, TokenReducer
 from .crossget import CrossGETReducer, js_divergence
 from .matching import Matching, bipartite_soft_matching, complete_graph_soft_matching, merge_tokens
 from .registry import get_reducer_class, reducer_names, register_reducer

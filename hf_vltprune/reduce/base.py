@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -70,13 +71,34 @@ class TokenReducer(nn.Module):
     def finish(self, state: TokenState) -> TokenState:
         return state.drop_guides()
 
-    def tokens_to_remove(self, layer_idx: int, state: TokenState) -> torch.Tensor:
-        """`[B]` tokens each sample must lose in this layer to meet the schedule.
+    def tokens_to_remove(self, layer_idx: int, state: TokenState) -> "Budget":
+        """How many tokens each sample must lose in this layer to meet the schedule.
 
         The target is absolute (a fraction of the sample's original token count, which the sizes preserve), so a
-        layer that could not remove enough leaves the rest to the next reducing layer.
+        layer that could not remove enough leaves the rest to the next reducing layer. A dense batch is planned in
+        Python (no device synchronisation); a padded one per sample.
         """
+        keep = self.schedule[layer_idx]
+        if state.is_dense:
+            protected = 1 + state.num_guides
+            target = max(1, int(math.floor((state.num_original - 1) * keep + 0.5)))
+            remove = max(0, state.num_tokens - protected - target)
+            return Budget(torch.full((state.batch_size,), remove, device=state.hidden.device), remove, True)
         protected = (state.protected() & state.valid()).sum(dim=1)
         original = state.original_counts().round().long() - protected
-        target = torch.floor(original * self.schedule[layer_idx] + 0.5).long().clamp(min=1)
-        return (state.counts() - protected - target).clamp(min=0)
+        target = torch.floor(original * keep + 0.5).long().clamp(min=1)
+        remove = (state.counts() - protected - target).clamp(min=0)
+        return Budget(remove, int(remove.max()), False)
+
+
+class Budget(NamedTuple):
+    """Tokens to remove: `remove[b]` for sample b, at most `width`; `uniform` when every sample removes `width`."""
+
+    remove: torch.Tensor
+    width: int
+    uniform: bool
+
+
+def dense_limit(state: TokenState) -> int | None:
+    """For a dense batch, the most tokens one matching step may remove: half of the unprotected ones."""
+    return (state.num_tokens - 1 - state.num_guides) // 2 if state.is_dense else None

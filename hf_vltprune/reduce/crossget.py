@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerMetric, TokenReducer
+from .base import LayerMetric, TokenReducer, dense_limit
 from .matching import complete_graph_soft_matching, merge_tokens
 from .registry import register_reducer
 from .state import TokenState
@@ -27,31 +29,40 @@ class CrossGETReducer(TokenReducer):
         self.cross_embeddings = nn.Parameter(torch.zeros(num_layers, hidden_size))
 
     def start(self, state: TokenState) -> TokenState:
-        batch = state.batch_size
-        device = state.hidden.device
-        hidden = torch.cat([state.hidden, state.hidden[:, :1]], dim=1)
+        batch, device = state.batch_size, state.hidden.device
         guide = torch.zeros(batch, state.num_tokens + 1, dtype=torch.bool, device=device)
         guide[:, -1] = True
         one = torch.ones(batch, 1, device=device)
-        size = torch.cat([state.size, one], dim=1) if state.size is not None else None
-        mask = torch.cat([state.mask, one.bool()], dim=1) if state.mask is not None else None
-        return TokenState(hidden=hidden, size=size, mask=mask, guide=guide)
+        return replace(
+            state,
+            hidden=torch.cat([state.hidden, state.hidden[:, :1]], dim=1),
+            size=torch.cat([state.size, one], dim=1) if state.size is not None else None,
+            mask=torch.cat([state.mask, one.bool()], dim=1) if state.mask is not None else None,
+            guide=guide,
+            num_guides=state.num_guides + 1,
+        )
 
     def before_layer(self, layer_idx: int, state: TokenState) -> TokenState:
-        reset = state.hidden.detach() + self.cross_embeddings[layer_idx].to(state.hidden.dtype)
+        cross = self.cross_embeddings[layer_idx].to(state.hidden.dtype)
+        if state.mask is None:  # dense batches keep the cross token last: touch only that row
+            reset = state.hidden[:, -1:].detach() + cross
+            return state.with_hidden(torch.cat([state.hidden[:, :-1], reset], dim=1))
+        reset = state.hidden.detach() + cross
         return state.with_hidden(torch.where(state.guide[..., None], reset, state.hidden))
 
     def forward(self, layer_idx: int, state: TokenState, metric: LayerMetric) -> TokenState:
-        remove = self.tokens_to_remove(layer_idx, state)
-        if not bool(remove.any()):
+        budget = self.tokens_to_remove(layer_idx, state)
+        if budget.width == 0:
             return state
-        keys = metric.keys.mean(dim=1)
-        guide_position = state.guide.float().argmax(dim=1)
-        guide_query = metric.queries.mean(dim=1)[torch.arange(state.batch_size), guide_position]
+        keys, queries = metric.keys.mean(dim=1), metric.queries.mean(dim=1)
+        if state.mask is None:
+            guide_query = queries[:, -1]  # dense batches keep the cross token last
+        else:
+            guide_query = queries[torch.arange(state.batch_size), state.guide.float().argmax(dim=1)]
         importance = F.cosine_similarity(keys.float(), guide_query.float()[:, None, :], dim=-1)
 
         eligible = state.valid() & ~state.protected()
-        matching = complete_graph_soft_matching(keys, importance, remove, eligible)
+        matching = complete_graph_soft_matching(keys, importance, budget, eligible, dense_limit(state))
         # Ensemble: each pair is weighted by a softmax over the two tokens' importance, scaled by 2 so that unit-size
         # tokens give the convex combination w_src * x_src + w_dst * x_dst.
         pair_importance = torch.stack([importance.gather(1, matching.src), importance.gather(1, matching.dst)], -1)

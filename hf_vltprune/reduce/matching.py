@@ -1,105 +1,116 @@
 """Token matching and merging on plain tensors.
 
 Every function here works on a padded batch where samples may remove different numbers of tokens: a matching
-returns `[B, R]` source and destination indices plus a `[B, R]` bool telling which pairs are real (sample b uses its
-first `r[b]` pairs). Matching is index selection, so it runs without gradient; gradients flow through the merge
-arithmetic.
+holds `[B, R]` source and destination indices plus which pairs are real (sample b uses its first `remove[b]`
+pairs). A dense batch that removes the same number everywhere (`Budget.uniform`) skips every per-sample mask and
+device synchronisation. Matching is index selection, so it runs without gradient; gradients flow through the
+merge arithmetic.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .state import TokenState, compact
+from .base import Budget
+from .state import TokenState, gather_tokens
 
 
 class Matching(NamedTuple):
-    """`[B, R]` pairs: token `src[b, k]` merges into `dst[b, k]` when `valid[b, k]`."""
+    """`[B, R]` pairs: token `src[b, k]` merges into `dst[b, k]` when `valid[b, k]` (`None`: every pair is real)."""
 
     src: torch.Tensor
     dst: torch.Tensor
-    valid: torch.Tensor
+    valid: torch.Tensor | None
 
 
-def _pair_mask(num_pairs: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.arange(width, device=num_pairs.device)[None, :] < num_pairs[:, None]
+def _clip(budget: Budget, limit: torch.Tensor | int) -> Budget:
+    """Never remove more than `limit` tokens per sample."""
+    if budget.uniform and isinstance(limit, int):
+        width = min(budget.width, limit)
+        return Budget(budget.remove.clamp(max=width), width, True)
+    remove = torch.minimum(budget.remove, torch.as_tensor(limit, device=budget.remove.device))
+    return Budget(remove, int(remove.max()) if remove.numel() else 0, False)
+
+
+def _valid_pairs(budget: Budget, best_score: torch.Tensor) -> torch.Tensor | None:
+    if budget.uniform:
+        return None
+    ranks = torch.arange(budget.width, device=budget.remove.device)
+    return (ranks[None, :] < budget.remove[:, None]) & best_score.isfinite()
 
 
 @torch.no_grad()
-def bipartite_soft_matching(metric: torch.Tensor, r: torch.Tensor, eligible: torch.Tensor) -> Matching:
+def bipartite_soft_matching(metric: torch.Tensor, budget: Budget, eligible: torch.Tensor,
+                            dense_limit: int | None = None) -> Matching:
     """ToMe's bipartite soft matching.
 
     Tokens at even positions (set A) may merge into tokens at odd positions (set B). Each A token picks its most
-    similar B token (cosine of `metric`); the `r[b]` A tokens with the most similar partners become sources.
-    Several sources may share a destination; a source is never a destination, so there are no chains.
+    similar B token (cosine of `metric`); the A tokens with the most similar partners become sources. Several
+    sources may share a destination; a source is never a destination, so there are no chains.
 
     Args:
         metric: `[B, N, C]` similarity features (the layer's keys, averaged over heads).
-        r: `[B]` number of tokens to remove per sample; clipped to what sample b can remove.
+        budget: tokens to remove per sample; clipped to what each sample can remove.
         eligible: `[B, N]` bool, tokens that may be a source or a destination (real and not protected).
+        dense_limit: for a dense batch, the number of tokens every sample can lose (skips counting `eligible`).
     """
     metric = F.normalize(metric.float(), dim=-1)
     a, b = metric[:, ::2], metric[:, 1::2]
     eligible_a, eligible_b = eligible[:, ::2], eligible[:, 1::2]
-    scores = a @ b.transpose(1, 2)
-    scores = scores.masked_fill(~eligible_a[:, :, None] | ~eligible_b[:, None, :], -torch.inf)
+    scores = (a @ b.transpose(1, 2)).masked_fill(~eligible_a[:, :, None] | ~eligible_b[:, None, :], -torch.inf)
     best_score, best_b = scores.max(dim=-1)
-    limit = torch.minimum(eligible.sum(1) // 2, torch.minimum(eligible_a.sum(1), eligible_b.sum(1)))
-    r = torch.minimum(r.clamp(min=0), limit)
-    width = int(r.max()) if r.numel() else 0
-    src_a = best_score.argsort(dim=-1, descending=True, stable=True)[:, :width]
+    if dense_limit is None:
+        dense_limit = torch.minimum(eligible.sum(1) // 2, torch.minimum(eligible_a.sum(1), eligible_b.sum(1)))
+    budget = _clip(budget, dense_limit)
+    src_a = best_score.argsort(dim=-1, descending=True, stable=True)[:, : budget.width]
     dst_b = best_b.gather(1, src_a)
-    valid = _pair_mask(r, width) & best_score.gather(1, src_a).isfinite()
-    return Matching(src=2 * src_a, dst=2 * dst_b + 1, valid=valid)
+    return Matching(src=2 * src_a, dst=2 * dst_b + 1, valid=_valid_pairs(budget, best_score.gather(1, src_a)))
 
 
 @torch.no_grad()
-def complete_graph_soft_matching(
-    metric: torch.Tensor, importance: torch.Tensor, r: torch.Tensor, eligible: torch.Tensor
-) -> Matching:
+def complete_graph_soft_matching(metric: torch.Tensor, importance: torch.Tensor, budget: Budget,
+                                 eligible: torch.Tensor, dense_limit: int | None = None) -> Matching:
     """CrossGET's complete-graph soft matching.
 
     1. `S` = cosine similarity of all token pairs, with the diagonal and ineligible rows/columns at -inf.
     2. Tokens are ranked by their most similar neighbour (most redundant first); token i only looks at tokens
        ranked after it, `rho_i = max_{rank j > rank i} S_ij`, so two mutually most similar tokens are never both
        chosen as sources.
-    3. The `r[b]` tokens with the lowest `importance - rho` are sources; every other eligible token is a possible
-       destination.
+    3. The tokens with the lowest `importance - rho` are sources; every other eligible token may be a destination.
     4. Each source merges into its most similar destination. Sources and destinations are disjoint.
 
     Args:
         metric: `[B, N, C]` similarity features.
-        importance: `[B, N]` how much the guide (cross-modal) token cares about each token; important tokens are kept.
-        r: `[B]` tokens to remove per sample.
+        importance: `[B, N]` how much the guide (cross-modal) token cares about each token; important tokens stay.
+        budget: tokens to remove per sample.
         eligible: `[B, N]` bool, tokens that may be a source or a destination.
+        dense_limit: as in `bipartite_soft_matching`.
     """
     metric = F.normalize(metric.float(), dim=-1)
     n = metric.shape[1]
     pair_ok = eligible[:, :, None] & eligible[:, None, :]
-    pair_ok &= ~torch.eye(n, dtype=torch.bool, device=metric.device)[None]
+    pair_ok.diagonal(dim1=1, dim2=2).fill_(False)
     sim = (metric @ metric.transpose(1, 2)).masked_fill(~pair_ok, -torch.inf)
 
-    redundancy = sim.max(dim=-1).values
-    order = redundancy.argsort(dim=-1, descending=True, stable=True)
+    order = sim.max(dim=-1).values.argsort(dim=-1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand_as(order))
     later = rank[:, None, :] > rank[:, :, None]
     rho = sim.masked_fill(~later, -torch.inf).max(dim=-1).values
-    # Tokens with no later-ranked neighbour have nothing to merge into without a chain risk: rho = -inf keeps them.
+    # A token with no later-ranked neighbour gets rho = -inf: it has nothing to merge into without a chain, so stays.
     priority = (importance.float() - rho).masked_fill(~eligible, torch.inf)
 
-    limit = eligible.sum(1) // 2
-    r = torch.minimum(r.clamp(min=0), limit)
-    width = int(r.max()) if r.numel() else 0
-    src = priority.argsort(dim=-1, stable=True)[:, :width]
-    valid = _pair_mask(r, width) & priority.gather(1, src).isfinite()
-
-    is_src = torch.zeros_like(eligible).scatter_(1, src, valid)
+    budget = _clip(budget, dense_limit if dense_limit is not None else eligible.sum(1) // 2)
+    src = priority.argsort(dim=-1, stable=True)[:, : budget.width]
+    valid = _valid_pairs(budget, priority.gather(1, src))
+    is_src = torch.zeros_like(eligible).scatter_(1, src, True if valid is None else valid)
     dst_sim = sim.gather(1, src[..., None].expand(-1, -1, n)).masked_fill(is_src[:, None, :], -torch.inf)
-    dst = dst_sim.argmax(dim=-1)
-    valid &= dst_sim.max(dim=-1).values.isfinite()
+    best, dst = dst_sim.max(dim=-1)
+    if valid is not None:
+        valid = valid & best.isfinite()
     return Matching(src=src, dst=dst, valid=valid)
 
 
@@ -109,27 +120,43 @@ def merge_tokens(
     src_weight: torch.Tensor | None = None,
     dst_weight: torch.Tensor | None = None,
 ) -> TokenState:
-    """Merge every valid source into its destination, then remove the sources.
+    """Merge every valid source into its destination and remove the sources; survivors keep their order.
 
     Works on size-scaled features `X = x * s`. For each pair the destination gains `src_weight * X_src +
     dst_weight * X_dst`; sizes add plainly; the result is `X_dst' / s_dst'`. The defaults (1 and 0) give the
     size-weighted mean of ToMe; CrossGET's ensemble passes its importance-based weights.
-    """
-    # Float32 arithmetic: sizes of heavily merged tokens exceed what bf16 represents exactly.
-    hidden, size = state.hidden.float(), state.sizes().float()
-    src, dst, valid = matching.src, matching.dst, matching.valid
-    channels = hidden.shape[-1]
 
-    scaled = hidden * size[..., None]
-    contribution = scaled.gather(1, src[..., None].expand(-1, -1, channels))
+    The survivors are gathered first, so the float32 arithmetic runs on the shorter sequence only.
+    """
+    src, dst, valid = matching.src, matching.dst, matching.valid
+    channels = state.hidden.shape[-1]
+    removed = torch.zeros(state.hidden.shape[:2], dtype=torch.bool, device=state.hidden.device)
+    removed.scatter_(1, src, True if valid is None else valid)
+    alive = ~removed if state.mask is None else state.mask & ~removed
+    dense = valid is None and state.mask is None
+    # Every sample of a dense batch lost the same count: its length is known without a device sync.
+    length = state.num_tokens - src.shape[1] if dense else int(alive.sum(dim=1).max())
+    # A stable sort of "is gone" puts survivors first without reordering them.
+    order = torch.argsort((~alive).to(torch.int8), dim=1, stable=True)[:, :length]
+    mask = None if dense else alive.gather(1, order)
+    if mask is not None and bool(mask.all()):
+        mask = None
+    survivors = gather_tokens(state, order, mask)
+    dst_position = (alive.cumsum(dim=1) - 1).gather(1, dst)
+
+    # Float32 arithmetic: sizes of heavily merged tokens exceed what bf16 represents exactly.
+    size = survivors.sizes().float()
+    src_size = state.sizes().float().gather(1, src)
+    scaled = survivors.hidden.float() * size[..., None]
+    contribution = state.hidden.gather(1, src[..., None].expand(-1, -1, channels)).float() * src_size[..., None]
     if src_weight is not None:
         contribution = contribution * src_weight[..., None]
     if dst_weight is not None:
-        contribution = contribution + scaled.gather(1, dst[..., None].expand(-1, -1, channels)) * dst_weight[..., None]
-    contribution = contribution * valid[..., None]
-    scaled = scaled.scatter_add(1, dst[..., None].expand(-1, -1, channels), contribution)
-    size = size.scatter_add(1, dst, size.gather(1, src) * valid)
-    merged = (scaled / size[..., None]).to(state.hidden.dtype)
-
-    removed = torch.zeros_like(state.valid()).scatter_(1, src, valid)
-    return compact(TokenState(hidden=merged, size=size, mask=state.valid() & ~removed, guide=state.guide))
+        scaled_dst = scaled.gather(1, dst_position[..., None].expand(-1, -1, channels))
+        contribution = contribution + scaled_dst * dst_weight[..., None]
+    if valid is not None:
+        contribution = contribution * valid[..., None]
+        src_size = src_size * valid
+    scaled = scaled.scatter_add(1, dst_position[..., None].expand(-1, -1, channels), contribution)
+    size = size.scatter_add(1, dst_position, src_size)
+    return replace(survivors, hidden=(scaled / size[..., None]).to(state.hidden.dtype), size=size)

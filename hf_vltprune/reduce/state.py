@@ -14,16 +14,25 @@ class TokenState:
     Args:
         hidden: `[B, N, C]` token features.
         size: `[B, N]` number of original tokens each token stands for, or `None` while nothing was merged (all 1).
-        mask: `[B, N]` bool, `True` for real tokens, or `None` while every token is real. Padding (text) and tokens
-            removed by a per-instance method are `False`.
+        mask: `[B, N]` bool, `True` for real tokens, or `None` while every token is real (a dense batch). Padding
+            (text) and tokens removed by a per-instance method are `False`.
         guide: `[B, N]` bool, `True` for guide tokens that a method appended (CrossGET's cross token), or `None`.
             Guide tokens are never merged and are dropped before the heads read the output.
+        num_guides: guide tokens per sample (methods append the same number to every sample).
+        num_original: input tokens per sample while the batch is dense. Sizes always sum to it, so reducers can
+            plan a dense batch's budget in Python, without waiting for the device.
     """
 
     hidden: torch.Tensor
     size: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     guide: torch.Tensor | None = None
+    num_guides: int = 0
+    num_original: int | None = None
+
+    def __post_init__(self):
+        if self.num_original is None and self.mask is None and self.size is None and self.guide is None:
+            self.num_original = self.hidden.shape[1]
 
     @property
     def batch_size(self) -> int:
@@ -33,13 +42,18 @@ class TokenState:
     def num_tokens(self) -> int:
         return self.hidden.shape[1]
 
+    @property
+    def is_dense(self) -> bool:
+        """Every sample has the same real tokens count (no padding) and a known original count."""
+        return self.mask is None and self.num_original is not None
+
     def with_hidden(self, hidden: torch.Tensor) -> "TokenState":
         return replace(self, hidden=hidden)
 
     def sizes(self) -> torch.Tensor:
         if self.size is not None:
             return self.size
-        return self.hidden.new_ones(self.hidden.shape[:2], dtype=torch.float32)
+        return torch.ones(self.hidden.shape[:2], dtype=torch.float32, device=self.hidden.device)
 
     def valid(self) -> torch.Tensor:
         if self.mask is not None:
@@ -69,8 +83,12 @@ class TokenState:
     def drop_guides(self) -> "TokenState":
         if self.guide is None:
             return self
-        mask = self.valid() & ~self.guide
-        return compact(replace(self, mask=mask, guide=None))
+        if self.mask is None:
+            # Dense batches keep guide tokens at the end (methods append them there; merging keeps order).
+            keep = slice(0, self.num_tokens - self.num_guides)
+            size = self.size[:, keep] if self.size is not None else None
+            return replace(self, hidden=self.hidden[:, keep], size=size, guide=None, num_guides=0)
+        return compact(replace(self, mask=self.valid() & ~self.guide, guide=None, num_guides=0))
 
 
 def attention_bias(size: torch.Tensor | None, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -81,13 +99,21 @@ def attention_bias(size: torch.Tensor | None, mask: torch.Tensor | None, dtype: 
     """
     if size is None and mask is None:
         return None
-    reference = size if size is not None else mask
-    bias = torch.zeros(reference.shape, dtype=dtype, device=reference.device)
     if size is not None:
-        bias = bias + size.log().to(dtype)
-    if mask is not None:
-        bias = bias.masked_fill(~mask, torch.finfo(dtype).min)
+        bias = size.log().to(dtype)
+        if mask is not None:
+            bias = bias.masked_fill(~mask, torch.finfo(dtype).min)
+    else:
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     return bias[:, None, None, :]
+
+
+def gather_tokens(state: TokenState, index: torch.Tensor, mask: torch.Tensor | None) -> TokenState:
+    """The tokens at `index` (`[B, M]`) of every sample, with `mask` as their new padding mask."""
+    hidden = state.hidden.gather(1, index[..., None].expand(-1, -1, state.hidden.shape[-1]))
+    size = state.size.gather(1, index) if state.size is not None else None
+    guide = state.guide.gather(1, index) if state.guide is not None else None
+    return replace(state, hidden=hidden, size=size, mask=mask, guide=guide)
 
 
 def compact(state: TokenState) -> TokenState:
@@ -97,12 +123,7 @@ def compact(state: TokenState) -> TokenState:
     if bool(state.mask.all()):
         return replace(state, mask=None)
     longest = int(state.mask.sum(dim=1).max())
-    if longest == state.num_tokens:
-        return state
     # A stable sort of "is removed" puts kept tokens first without reordering them.
     order = torch.argsort((~state.mask).to(torch.int8), dim=1, stable=True)[:, :longest]
-    hidden = state.hidden.gather(1, order[..., None].expand(-1, -1, state.hidden.shape[-1]))
     mask = state.mask.gather(1, order)
-    size = state.size.gather(1, order) if state.size is not None else None
-    guide = state.guide.gather(1, order) if state.guide is not None else None
-    return TokenState(hidden=hidden, size=size, mask=None if bool(mask.all()) else mask, guide=guide)
+    return gather_tokens(state, order, None if bool(mask.all()) else mask)
