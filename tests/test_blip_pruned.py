@@ -166,3 +166,26 @@ def test_text_decoder_mode_is_rejected():
     model = pruned(BlipPrunedForImageTextRetrieval)
     with pytest.raises(ValueError, match="is_decoder"):
         model.text_encoder(input_ids=make_inputs()["input_ids"], is_decoder=True)
+
+
+def test_hidden_states_and_attentions_are_still_recorded():
+    model = pruned(BlipPrunedForImageTextRetrieval, method="tome", vision_keep=0.25, attn_implementation="eager")
+    out = model.vision_model(pixel_values=make_inputs()["pixel_values"], output_hidden_states=True,
+                             output_attentions=True)
+    lengths = [h.shape[1] for h in out.hidden_states]
+    assert lengths == [65, 49, 33, 17]  # the input, then each layer's (reduced) output
+    assert [a.shape[-1] for a in out.attentions] == [65, 49, 33]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_training_step_reaches_every_parameter_that_the_loss_uses(method):
+    model = pruned(BlipPrunedForQuestionAnswering, method=method).train()
+    inputs = make_inputs()
+    loss = model(**inputs, labels=inputs["input_ids"][:, :4]).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert grads["vision_model.encoder.layers.0.self_attn.qkv.weight"].abs().sum() > 0
+    if method == "crossget":
+        # The cross embeddings steer what is merged and are attended to, so they receive gradient.
+        assert grads["vision_model.encoder.reducer.cross_embeddings"].abs().sum() > 0
