@@ -1,4 +1,4 @@
-"""The `vltprune` command."""
+"""The `vltprune` command: demo, train-base, eval, bench, convert, push."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from .config import PruningConfig
 from .reduce import reducer_names
 
 
 def _pruning_from_args(args) -> PruningConfig:
-    options = json.loads(args.method_options) if args.method_options else {}
+    try:
+        options = json.loads(args.method_options) if args.method_options else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--method-options must be a JSON object: {error}") from None
     return PruningConfig(method=args.method, vision_keep=args.vision_keep, text_keep=args.text_keep,
                          method_options=options)
 
@@ -23,7 +24,61 @@ def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="tome", choices=reducer_names())
     parser.add_argument("--vision-keep", type=float, default=0.5, help="fraction of vision tokens left, in (0, 1]")
     parser.add_argument("--text-keep", type=float, default=1.0, help="fraction of text tokens left, in (0, 1]")
-    parser.add_argument("--method-options", default=None, help="JSON dict of method options")
+    parser.add_argument("--method-options", default=None, help="JSON object of method options")
+
+
+def cmd_demo(args) -> int:
+    """Data -> base model (trained once, cached) -> every method at a few budgets -> accuracy/GFLOPs/latency."""
+    from .demo import run_demo
+
+    run_demo(output_dir=args.output, preset=args.preset, budgets=args.budgets, seed=args.seed,
+             max_examples=args.max_examples)
+    return 0
+
+
+def cmd_train_base(args) -> int:
+    """Train a BLIP retrieval model from scratch on the synthetic task (ITC + ITM with hard negatives)."""
+    from .embedded import base_model_dir, train_retrieval_model
+
+    if args.output is None:
+        print(f"base model: {base_model_dir(args.preset, args.seed)}")
+        return 0
+    metrics = train_retrieval_model(args.preset, args.output, seed=args.seed, max_steps=args.max_steps)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """ITM accuracy and retrieval recall of a (pruned or stock) retrieval checkpoint on the synthetic task."""
+    from transformers import BlipProcessor
+
+    from .embedded import evaluate_itm, get_preset, task_data
+
+    model = _load_retrieval(args.model)
+    processor = BlipProcessor.from_pretrained(args.processor or args.model)
+    split = task_data(get_preset(args.preset), args.seed)[args.split]
+    if args.max_examples:
+        split = split.select(range(min(args.max_examples, len(split))))
+    metrics = evaluate_itm(model, split, processor, progress=True)
+    print(json.dumps(metrics, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _load_retrieval(folder):
+    from transformers import AutoConfig, BlipForImageTextRetrieval
+
+    from .auto import AutoPrunedModel
+
+    if AutoConfig.from_pretrained(folder).model_type == "blip_pruned":
+        return AutoPrunedModel.from_pretrained(folder)
+    return BlipForImageTextRetrieval.from_pretrained(folder)
+
+
+def cmd_bench(args) -> int:
+    """Accuracy against GFLOPs for every method and budget (JSON, markdown table, PNG plot)."""
+    return cmd_demo(args)
 
 
 def cmd_convert(args) -> int:
@@ -36,7 +91,7 @@ def cmd_convert(args) -> int:
     architecture = (config.architectures or ["BlipForImageTextRetrieval"])[0]
     pruned_name = architecture.replace("Blip", "BlipPruned", 1)
     if pruned_name not in PRUNED_ARCHITECTURES:
-        raise SystemExit(f"vltprune convert: {args.checkpoint} is a {architecture}; supported: "
+        raise ValueError(f"{args.checkpoint} is a {architecture}; supported: "
                          f"{sorted(n.replace('BlipPruned', 'Blip', 1) for n in PRUNED_ARCHITECTURES)}")
     model = PRUNED_ARCHITECTURES[pruned_name].from_pretrained(args.checkpoint, pruning_config=_pruning_from_args(args))
     model.save_pretrained(args.output)
@@ -51,29 +106,54 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """Every method at a few budgets on a small random BLIP: GFLOPs, latency, tokens, agreement with unpruned."""
-    from .demo import run_demo
-
-    run_demo(output_dir=args.output, budgets=args.budgets, batch_size=args.batch_size)
-    return 0
+def cmd_push(args) -> int:
+    """Upload a pruned checkpoint with its model card to the Hub (not yet available)."""
+    print("vltprune push: not yet available (model cards and Hub upload are the next milestone).", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .embedded import PRESETS
+
     parser = argparse.ArgumentParser(prog="vltprune", description="Token pruning for vision-language transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    demo.add_argument("--output", type=Path, default=Path("vltprune-demo"), help="folder for the table and JSON")
-    demo.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25], help="vision keep ratios to compare")
-    demo.add_argument("--batch-size", type=int, default=4)
-    demo.set_defaults(func=cmd_demo)
+    def command(name, func):
+        sub = commands.add_parser(name, help=func.__doc__, description=func.__doc__)
+        sub.set_defaults(func=func)
+        return sub
 
-    convert = commands.add_parser("convert", help=cmd_convert.__doc__, description=cmd_convert.__doc__)
+    for name, func in (("demo", cmd_demo), ("bench", cmd_bench)):
+        sub = command(name, func)
+        sub.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+        sub.add_argument("--output", type=Path, default=Path(f"vltprune-{name}"), help="folder for table, JSON, PNG")
+        sub.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25], help="vision keep ratios")
+        sub.add_argument("--max-examples", type=int, default=500, help="validation examples to score")
+        sub.add_argument("--seed", type=int, default=0)
+
+    train = command("train-base", cmd_train_base)
+    train.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    train.add_argument("--output", type=Path, default=None, help="folder (default: the user cache, reused)")
+    train.add_argument("--max-steps", type=int, default=None, help="override the preset's step count")
+    train.add_argument("--seed", type=int, default=0)
+
+    evaluate = command("eval", cmd_eval)
+    evaluate.add_argument("model", help="checkpoint folder (pruned or stock BLIP retrieval)")
+    evaluate.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
+    evaluate.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="which synthetic data")
+    evaluate.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    evaluate.add_argument("--max-examples", type=int, default=None)
+    evaluate.add_argument("--output", default=None, help="write the metrics as JSON here")
+    evaluate.add_argument("--seed", type=int, default=0)
+
+    convert = command("convert", cmd_convert)
     convert.add_argument("checkpoint", help="stock BLIP checkpoint: Hub id or local folder")
     convert.add_argument("output", type=Path, help="folder for the pruned checkpoint")
     _add_pruning_arguments(convert)
-    convert.set_defaults(func=cmd_convert)
+
+    push = command("push", cmd_push)
+    push.add_argument("folder")
+    push.add_argument("repo_id")
     return parser
 
 
@@ -87,5 +167,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     sys.exit(main())

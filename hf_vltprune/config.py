@@ -66,7 +66,10 @@ class PruningConfig:
             _fail("proportional_attention", self.proportional_attention, "True or False")
         if not isinstance(self.method_options, dict):
             _fail("method_options", self.method_options, "a dict of option names to values")
-        self.method_options = get_reducer_class(self.method).resolve_options(self.method_options)
+        reducer = get_reducer_class(self.method)
+        self.method_options = reducer.resolve_options(self.method_options)
+        if self.text_keep < 1.0 and not reducer.supports_padded:
+            _fail("text_keep", self.text_keep, f"1.0 for method {self.method!r} (it reduces dense vision batches only)")
 
     def _validate_modality(self, modality: str) -> None:
         keep_name, layers_name, schedule_name = f"{modality}_keep", f"{modality}_layers", f"{modality}_schedule"

@@ -2,6 +2,7 @@
 
 from .base import Budget, LayerMetric, TokenReducer
 from .crossget import CrossGETReducer, js_divergence
+from .random_drop import RandomDropReducer
 from .matching import Matching, bipartite_soft_matching, complete_graph_soft_matching, merge_tokens
 from .registry import get_reducer_class, reducer_names, register_reducer
 from .state import TokenState, attention_bias, compact
@@ -10,6 +11,7 @@ from .tome import ToMeReducer
 __all__ = [
     "CrossGETReducer",
     "LayerMetric",
+    "RandomDropReducer",
     "Matching",
     "ToMeReducer",
     "TokenReducer",

@@ -34,6 +34,8 @@ class TokenReducer(nn.Module):
 
     method_name: ClassVar[str] = ""
     default_options: ClassVar[dict[str, Any]] = {}
+    # Whether the method handles padded (text) batches; those that do not are rejected for text_keep < 1.
+    supports_padded: ClassVar[bool] = True
     # Initial value of each own parameter that a checkpoint may lack: normal std, 0.0 for zeros (the default).
     init_std: ClassVar[dict[str, float]] = {}
 

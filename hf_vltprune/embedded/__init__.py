@@ -1,0 +1,11 @@
+"""The embedded default: synthetic data, small BLIP models trained on it, and their evaluation."""
+
+from .base_models import base_model_dir, cache_dir, load_base_model, task_data, train_retrieval_model
+from .evaluation import evaluate_itm
+from .presets import PRESETS, Preset, get_preset
+from .retrieval_training import RetrievalCollator, RetrievalPretrainer, itc_itm_loss
+
+__all__ = [
+    "PRESETS", "Preset", "RetrievalCollator", "RetrievalPretrainer", "base_model_dir", "cache_dir", "evaluate_itm",
+    "get_preset", "itc_itm_loss", "load_base_model", "task_data", "train_retrieval_model",
+]

@@ -1,0 +1,83 @@
+"""Base models of the embedded default: trained once on the synthetic task with the stock `Trainer`, then cached."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import BlipForImageTextRetrieval, BlipProcessor, TrainingArguments
+
+from ..data import SceneSpec, make_dataset
+from ..data.processor import build_processor, dataset_corpus
+from .evaluation import evaluate_itm
+from .presets import Preset, get_preset
+from .retrieval_training import RetrievalCollator, RetrievalPretrainer
+
+
+def cache_dir() -> Path:
+    """Where data and trained base models are kept: `$HF_VLTPRUNE_CACHE` or `~/.cache/hf_vltprune`."""
+    return Path(os.environ.get("HF_VLTPRUNE_CACHE", Path.home() / ".cache" / "hf_vltprune"))
+
+
+def task_data(preset: Preset, seed: int = 0):
+    """The preset's synthetic splits (generated once, then read from the `datasets` cache)."""
+    spec = SceneSpec(image_size=preset.image_size, clutter=preset.clutter, max_objects=preset.max_objects)
+    return make_dataset(preset.num_train, preset.num_validation, preset.num_test, seed=seed, spec=spec,
+                        num_proc=min(2, os.cpu_count() or 1), cache_dir=str(cache_dir() / "datasets"))
+
+
+def train_retrieval_model(preset: Preset | str, output_dir: str | Path, seed: int = 0, max_steps: int | None = None,
+                          report_to: str = "none") -> dict:
+    """Train a BLIP retrieval model from scratch (ITC + ITM with hard negatives) and save it with its processor.
+
+    Returns the validation metrics, also written to `output_dir/metrics.json` with the training log.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    output_dir = Path(output_dir)
+    data = task_data(preset, seed)
+    processor = build_processor(dataset_corpus(data["train"]), preset.image_size)
+    torch.manual_seed(seed)
+    model = BlipForImageTextRetrieval(preset.blip_config(processor.tokenizer))
+    args = TrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        max_steps=max_steps or preset.max_steps,
+        per_device_train_batch_size=preset.batch_size,
+        learning_rate=preset.learning_rate,
+        warmup_steps=int(preset.warmup_ratio * (max_steps or preset.max_steps)),
+        lr_scheduler_type="cosine",
+        weight_decay=0.05,
+        logging_steps=max(1, (max_steps or preset.max_steps) // 20),
+        save_strategy="no",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to=report_to,
+        seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+    )
+    trainer = RetrievalPretrainer(model=model, args=args, train_dataset=data["train"],
+                                  data_collator=RetrievalCollator(processor, train=True, seed=seed))
+    trainer.train()
+    metrics = evaluate_itm(model, data["validation"], processor)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    record = dict(preset=preset.to_dict(), seed=seed, validation=metrics, log_history=trainer.state.log_history)
+    (output_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+    return metrics
+
+
+def base_model_dir(preset: Preset | str, seed: int = 0) -> Path:
+    """Folder of the cached base model of a preset: trained on first use, reused afterwards."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    folder = cache_dir() / "models" / f"blip-itm-{preset.name}-seed{seed}"
+    if not (folder / "metrics.json").exists():
+        train_retrieval_model(preset, folder, seed=seed)
+    return folder
+
+
+def load_base_model(preset: Preset | str, seed: int = 0) -> tuple[BlipForImageTextRetrieval, BlipProcessor]:
+    folder = base_model_dir(preset, seed)
+    return BlipForImageTextRetrieval.from_pretrained(folder), BlipProcessor.from_pretrained(folder)

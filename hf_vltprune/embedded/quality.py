@@ -1,0 +1,105 @@
+"""Accuracy against GFLOPs for every method and budget on the embedded task (the demo and the quality benchmark)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..auto import get_pruned_model
+from ..config import PruningConfig
+from ..measure import measure
+from ..reduce import reducer_names
+from .evaluation import evaluate_itm
+from .retrieval_training import RetrievalCollator
+
+# Methods the project implements in later work: listed in every report as missing, never silently skipped.
+PLANNED_METHODS = ("madtp", "smarttrim", "fastv", "pdrop", "visionzip")
+
+
+def compare_methods(model, processor, dataset, budgets: list[float], methods: list[str] | None = None,
+                    seed: int = 0, latency_batch: int = 32) -> list[dict]:
+    """Evaluate the unpruned model and each method at each `vision_keep` budget.
+
+    Each row: method, vision_keep, ITM accuracy, retrieval recall@1 (image to text), GFLOPs per sample and latency
+    (median ms for a batch of `latency_batch` validation examples). Methods in `PLANNED_METHODS` that are not
+    registered yet come back as rows with `status="missing"`.
+    """
+    for keep in budgets:
+        PruningConfig(vision_keep=keep)  # every budget is validated before the long work starts
+    methods = list(methods or [m for m in reducer_names()])
+    unknown = [m for m in methods if m not in reducer_names() and m not in PLANNED_METHODS]
+    if unknown:
+        raise ValueError(f"methods {unknown} are unknown: allowed {sorted(reducer_names())} "
+                         f"(planned: {list(PLANNED_METHODS)}).")
+    device = next(model.parameters()).device
+    sample = RetrievalCollator(processor, train=False)([dataset[i] for i in range(min(latency_batch, len(dataset)))])
+    sample = {k: v.to(device) for k, v in sample.items() if k != "labels"}
+
+    runs = [("unpruned", 1.0)] + [(m, keep) for m in methods if m in reducer_names() for keep in budgets]
+    rows = []
+    for method, keep in tqdm(runs, desc="methods x budgets"):
+        pruning = PruningConfig(method="tome" if method == "unpruned" else method, vision_keep=keep)
+        candidate = get_pruned_model(model, pruning).eval()
+        torch.manual_seed(seed)  # the random baseline draws the same tokens every run
+        metrics = evaluate_itm(candidate, dataset, processor)
+        cost = measure(candidate, sample, latency_repeats=5, warmup=1)
+        rows.append(dict(method=method, vision_keep=keep, status="ok",
+                         itm_accuracy=round(100 * metrics["itm_accuracy"], 2),
+                         recall_at_1=round(100 * metrics["image_to_text_recall@1"], 2),
+                         gflops=round(cost.gflops, 4), latency_ms=round(cost.latency_ms, 2)))
+    rows += [dict(method=m, vision_keep=keep, status="missing") for m in PLANNED_METHODS if m not in reducer_names()
+             for keep in budgets]
+    return rows
+
+
+def discrimination(rows: list[dict], keep: float = 0.25) -> float | None:
+    """Accuracy points the unpruned model holds over the `random` floor at `keep` (None if either is absent)."""
+    full = next((r for r in rows if r["method"] == "unpruned"), None)
+    floor = next((r for r in rows if r["method"] == "random" and r["vision_keep"] == keep and r["status"] == "ok"),
+                 None)
+    return None if full is None or floor is None else round(full["itm_accuracy"] - floor["itm_accuracy"], 2)
+
+
+def write_report(rows: list[dict], output_dir: Path, title: str, meta: dict | None = None) -> str:
+    """`quality.json`, `quality.md` (a table) and `quality.png` (accuracy against GFLOPs) in `output_dir`."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    gap = discrimination(rows)
+    meta = dict(meta or {}, unpruned_minus_random_at_0_25=gap)
+    (output_dir / "quality.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+    columns = ["method", "vision_keep", "status", "itm_accuracy", "recall_at_1", "gflops", "latency_ms"]
+    lines = [f"{title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    if gap is not None:
+        verdict = "discriminates" if gap >= 5 else "does NOT discriminate (needs >= 5 points)"
+        lines += ["", f"Unpruned minus random at keep 0.25: {gap} points: the task {verdict}."]
+    table = "\n".join(lines) + "\n"
+    (output_dir / "quality.md").write_text(table)
+    _plot(rows, output_dir / "quality.png", title)
+    return table
+
+
+def _plot(rows: list[dict], path: Path, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plotting is optional (the `bench` extra)
+        return
+    figure, axis = plt.subplots(figsize=(6, 4))
+    done = [r for r in rows if r["status"] == "ok"]
+    for method in dict.fromkeys(r["method"] for r in done):
+        points = sorted((r["gflops"], r["itm_accuracy"]) for r in done if r["method"] == method)
+        axis.plot(*zip(*points), marker="o", label=method)
+    axis.set_xlabel("GFLOPs per sample")
+    axis.set_ylabel("ITM accuracy (%)")
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

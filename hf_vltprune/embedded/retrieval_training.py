@@ -1,0 +1,105 @@
+"""Training a BLIP retrieval model from scratch as BLIP does: contrastive ITC plus ITM with hard negatives."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+
+class RetrievalCollator:
+    """Rows of `make_dataset` -> pixels, a true text per image and its hard negative (training), or the statement
+    and its label (evaluation)."""
+
+    def __init__(self, processor, train: bool = True, seed: int = 0):
+        self.processor, self.train = processor, train
+        self.rng = random.Random(seed)
+
+    def _tokens(self, texts: list[str], prefix: str = "") -> dict:
+        encoded = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return {f"{prefix}input_ids": encoded.input_ids, f"{prefix}attention_mask": encoded.attention_mask}
+
+    def __call__(self, rows: list[dict]) -> dict:
+        images = [row["image"].convert("RGB") for row in rows]
+        batch = {"pixel_values": self.processor.image_processor(images, return_tensors="pt").pixel_values}
+        if self.train:
+            positives = [self.rng.choice([row["caption"], row["true_statement"]]) for row in rows]
+            batch.update(self._tokens(positives))
+            batch.update(self._tokens([row["false_statement"] for row in rows], prefix="negative_"))
+        else:
+            batch.update(self._tokens([row["statement"] for row in rows]))
+            batch["labels"] = torch.tensor([row["label"] for row in rows])
+        return batch
+
+
+def _image_bias(vision_outputs, dtype):
+    # Pruned vision encoders report their reduced tokens' mask and sizes; stock ones keep every token.
+    bias = getattr(vision_outputs, "attention_bias", None)
+    return bias(dtype) if callable(bias) else None
+
+
+def itc_itm_loss(model, batch: dict, temperature: float = 0.07) -> tuple[torch.Tensor, dict[str, float]]:
+    """BLIP's pre-training losses on a `BlipForImageTextRetrieval` (stock or pruned).
+
+    ITC: symmetric InfoNCE between the projected image and text [CLS] features. ITM: the matching head on each
+    image with its true text (label 1), the dataset's hard negative (a statement wrong in one detail, label 0), and
+    the in-batch text the ITC similarities find most confusable (sampled as in BLIP, label 0).
+    """
+    vision = model.vision_model(pixel_values=batch["pixel_values"])
+    image_embeds = vision.last_hidden_state
+    text = model.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    image_feat = F.normalize(model.vision_proj(image_embeds[:, 0]), dim=-1)
+    text_feat = F.normalize(model.text_proj(text[:, 0]), dim=-1)
+    similarity = image_feat @ text_feat.t() / temperature
+    targets = torch.arange(similarity.shape[0], device=similarity.device)
+    itc = (F.cross_entropy(similarity, targets) + F.cross_entropy(similarity.t(), targets)) / 2
+
+    batch_size = similarity.shape[0]
+    with torch.no_grad():
+        weights = similarity.float().softmax(dim=1).fill_diagonal_(0) + 1e-6
+        mined = torch.multinomial(weights, 1).squeeze(1) if batch_size > 1 else targets
+    ids = _pad_cat([batch["input_ids"], batch["negative_input_ids"], batch["input_ids"][mined]])
+    mask = _pad_cat([batch["attention_mask"], batch["negative_attention_mask"], batch["attention_mask"][mined]])
+    bias = _image_bias(vision, image_embeds.dtype)
+    fused = model.text_encoder(
+        input_ids=ids,
+        attention_mask=mask,
+        encoder_hidden_states=image_embeds.repeat(3, 1, 1),
+        encoder_attention_mask=bias.repeat(3, 1, 1, 1) if bias is not None else None,
+    ).last_hidden_state
+    logits = model.itm_head(fused[:, 0])
+    labels = torch.cat([torch.ones(batch_size), torch.zeros(2 * batch_size)]).long().to(logits.device)
+    itm = F.cross_entropy(logits, labels)
+    with torch.no_grad():
+        itm_accuracy = (logits.argmax(-1) == labels).float().mean().item()
+    return itc + itm, {"itc": itc.item(), "itm": itm.item(), "itm_train_accuracy": itm_accuracy}
+
+
+def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    length = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, (0, length - t.shape[1])) for t in tensors])
+
+
+class RetrievalPretrainer(Trainer):
+    """The stock `Trainer` with `itc_itm_loss`; the ITC/ITM parts appear in the logs."""
+
+    def __init__(self, *args, temperature: float = 0.07, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.temperature = temperature
+        # The loss is a per-batch mean: let the Trainer scale it for gradient accumulation.
+        self.model_accepts_loss_kwargs = False
+        self._parts: dict[str, list[float]] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, parts = itc_itm_loss(model, inputs, self.temperature)
+        for key, value in parts.items():
+            self._parts.setdefault(key, []).append(value)
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs and self._parts:
+            logs.update({k: round(sum(v) / len(v), 4) for k, v in self._parts.items()})
+            self._parts.clear()
+        super().log(logs, *args, **kwargs)

@@ -1,0 +1,90 @@
+"""The embedded default end to end on the `micro` preset (seconds): train, evaluate, compare methods, CLI."""
+
+import json
+
+import pytest
+import torch
+
+from hf_vltprune import metrics
+from hf_vltprune.cli import main
+from hf_vltprune.embedded import get_preset
+from hf_vltprune.embedded.quality import PLANNED_METHODS, discrimination
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_VLTPRUNE_CACHE", str(folder))
+        yield folder
+
+
+def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    assert main(["train-base", "--preset", "micro", "--output", str(model_dir)]) == 0
+    record = json.loads((model_dir / "metrics.json").read_text())
+    assert 0.0 <= record["validation"]["itm_accuracy"] <= 1.0
+    assert any("itc" in entry for entry in record["log_history"])  # the ITC/ITM parts reach the Trainer logs
+
+    assert main(["eval", str(model_dir), "--preset", "micro", "--output", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text()) == record["validation"]
+
+    assert main(["demo", "--preset", "micro", "--output", str(tmp_path / "demo"), "--budgets", "0.5"]) == 0
+    report = json.loads((tmp_path / "demo" / "quality.json").read_text())
+    rows = {(r["method"], r["vision_keep"]): r for r in report["rows"]}
+    assert {("unpruned", 1.0), ("tome", 0.5), ("crossget", 0.5), ("random", 0.5)} <= set(rows)
+    assert all(rows[(m, 0.5)]["status"] == "missing" for m in PLANNED_METHODS)
+    assert rows[("tome", 0.5)]["gflops"] < rows[("unpruned", 1.0)]["gflops"]
+    assert (tmp_path / "demo" / "quality.png").stat().st_size > 0
+    assert "| tome | 0.5 | ok |" in (tmp_path / "demo" / "quality.md").read_text()
+    # The demo trained the cached base model once; a second call reuses it.
+    cached = cache / "models" / "blip-itm-micro-seed0" / "metrics.json"
+    stamp = cached.stat().st_mtime
+    assert main(["demo", "--preset", "micro", "--output", str(tmp_path / "demo2"), "--budgets", "0.5"]) == 0
+    assert cached.stat().st_mtime == stamp
+
+
+def test_random_baseline_respects_budget_and_protects_cls():
+    from hf_vltprune.reduce import LayerMetric, RandomDropReducer, TokenState
+
+    state = TokenState(hidden=torch.randn(2, 17, 4))
+    reducer = RandomDropReducer({0: 0.5}, hidden_size=4, num_layers=1, options={})
+    keys = state.hidden[:, None]
+    out = reducer(0, state, LayerMetric(keys, keys))
+    assert out.num_tokens == 9 and torch.equal(out.hidden[:, 0], state.hidden[:, 0])
+
+
+def test_discrimination_is_the_gap_to_random_at_quarter_keep():
+    rows = [dict(method="unpruned", vision_keep=1.0, status="ok", itm_accuracy=80.0),
+            dict(method="random", vision_keep=0.25, status="ok", itm_accuracy=70.5)]
+    assert discrimination(rows) == 9.5
+    assert discrimination(rows[:1]) is None
+
+
+def test_cli_rejects_unknown_presets_and_reports_push_as_unavailable(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--preset", "huge"])
+    assert main(["push", "folder", "me/repo"]) == 2
+    assert "not yet available" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="preset"):
+        get_preset("huge")
+
+
+def test_metrics_on_hand_made_cases():
+    import evaluate
+
+    assert metrics.itm_accuracy([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5
+    similarity = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.1, 0.7], [0.0, 0.3, 0.8]])
+    recall = metrics.retrieval_recall(similarity, ks=(1, 2))
+    assert recall["image_to_text_recall@1"] == pytest.approx(2 / 3)  # image 1 prefers text 2
+    assert recall["text_to_image_recall@1"] == pytest.approx(2 / 3)  # text 1 is closest to image 2
+    assert recall["image_to_text_recall@2"] == pytest.approx(2 / 3)  # text 1 ranks third for image 1
+    assert metrics.vqa_exact_match(["Red.", " two ", "yes"], ["red", "two", "no"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="itm_accuracy"):
+        metrics.itm_accuracy([1], [1, 0])
+    with pytest.raises(ValueError, match="square"):
+        metrics.retrieval_recall(torch.zeros(2, 3))
+    module = evaluate.load(metrics.metric_path("vqa_exact_match"))
+    assert module.compute(predictions=["Red."], references=["red"]) == {"vqa_exact_match": 1.0}
+    module = evaluate.load(metrics.metric_path("itm_accuracy"))
+    assert module.compute(predictions=[1, 0], references=[1, 1]) == {"itm_accuracy": 0.5}
