@@ -64,7 +64,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cuda = torch.cuda.is_available()
     parser.add_argument("--batch-size", type=int, default=32 if cuda else 2)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16" if cuda else "float32")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        default="bfloat16" if cuda else "float32")
     parser.add_argument("--repeats", type=int, default=20 if cuda else 5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.25], help="vision_keep values to time")

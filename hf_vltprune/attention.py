@@ -32,7 +32,9 @@ def attend(
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
         return context, None
     if implementation != "eager":
-        raise ValueError(f"attn_implementation={implementation!r} is not supported: allowed {ATTENTION_IMPLEMENTATIONS}.")
+        raise ValueError(
+            f"attn_implementation={implementation!r} is not supported: allowed {ATTENTION_IMPLEMENTATIONS}."
+        )
     scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
     if bias is not None:
         scores = scores + bias

@@ -77,7 +77,8 @@ def test_sizes_sum_to_the_original_count_over_repeated_merges():
         state = merge_tokens(state, bipartite_soft_matching(state.hidden, per_sample(r), eligible_of(state)))
         assert torch.allclose(state.original_counts(), original)
         importance = torch.randn(state.hidden.shape[:2])
-        state = merge_tokens(state, complete_graph_soft_matching(state.hidden, importance, per_sample(r), eligible_of(state)))
+        matching = complete_graph_soft_matching(state.hidden, importance, per_sample(r), eligible_of(state))
+        state = merge_tokens(state, matching)
         assert torch.allclose(state.original_counts(), original)
     assert bool((state.counts() < random_state(padded=True).counts()).all())
 

@@ -30,7 +30,8 @@ def describe(obj: dict, with_size: bool = False) -> str:
 
 
 def caption_text(objects: list[dict]) -> str:
-    names = [f"{article(o['size'])} {describe(o, with_size=True)}" for o in sorted(objects, key=lambda o: (o["y"], o["x"]))]
+    in_reading_order = sorted(objects, key=lambda o: (o["y"], o["x"]))
+    names = [f"{article(o['size'])} {describe(o, with_size=True)}" for o in in_reading_order]
     listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return f"{listed}."
 

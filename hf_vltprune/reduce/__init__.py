@@ -2,13 +2,14 @@
 
 from .base import Budget, LayerMetric, TokenReducer
 from .crossget import CrossGETReducer, js_divergence
-from .random_drop import RandomDropReducer
 from .matching import Matching, bipartite_soft_matching, complete_graph_soft_matching, merge_tokens
+from .random_drop import RandomDropReducer
 from .registry import get_reducer_class, reducer_names, register_reducer
 from .state import TokenState, attention_bias, compact
 from .tome import ToMeReducer
 
 __all__ = [
+    "Budget",
     "CrossGETReducer",
     "LayerMetric",
     "RandomDropReducer",

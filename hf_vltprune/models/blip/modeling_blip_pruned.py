@@ -20,14 +20,14 @@ from transformers import (
     BlipModel,
 )
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndCrossAttentions
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.models.blip.modeling_blip import (
+    BlipForConditionalGenerationModelOutput,
     BlipImageTextMatchingModelOutput,
     BlipPreTrainedModel,
     BlipTextVisionModelOutput,
     BlipVisionEmbeddings,
     BlipVisionModel,
-    BlipForConditionalGenerationModelOutput,
 )
 from transformers.models.blip.modeling_blip_text import (
     BlipTextEmbeddings,
@@ -215,6 +215,20 @@ class _BlipPrunedMixin(_PrunedInitMixin):
     def _image_bias(self, vision_outputs: BlipPrunedEncoderOutput, dtype: torch.dtype) -> torch.Tensor | None:
         return vision_outputs.attention_bias(dtype, self.pruning_config.proportional_attention)
 
+    def _encode_image_and_text(self, input_ids, attention_mask, pixel_values, interpolate_pos_encoding, **kwargs):
+        """The vision encoder, then the text encoder cross-attending to the (reduced) image tokens with their bias."""
+        vision_outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
+                                           **kwargs)
+        image_embeds = vision_outputs.last_hidden_state
+        text_outputs = self.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=self._image_bias(vision_outputs, image_embeds.dtype),
+            **kwargs,
+        )
+        return vision_outputs, text_outputs
+
 
 def _pruning_dict(pruning_config) -> dict:
     if isinstance(pruning_config, PruningConfig):
@@ -249,22 +263,18 @@ class BlipPrunedForImageTextRetrieval(_BlipPrunedMixin, BlipForImageTextRetrieva
 
     def forward(self, input_ids, pixel_values, use_itm_head=True, attention_mask=None,
                 interpolate_pos_encoding=False, **kwargs) -> BlipImageTextMatchingModelOutput:
-        vision_outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
-                                           **kwargs)
-        image_embeds = vision_outputs.last_hidden_state
         if use_itm_head:
-            question_embeds = self.text_encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=self._image_bias(vision_outputs, image_embeds.dtype),
-                **kwargs,
-            ).last_hidden_state
+            vision_outputs, text_outputs = self._encode_image_and_text(
+                input_ids, attention_mask, pixel_values, interpolate_pos_encoding, **kwargs
+            )
+            question_embeds = text_outputs.last_hidden_state
             output = self.itm_head(question_embeds[:, 0, :])
         else:
+            vision_outputs = self.vision_model(pixel_values=pixel_values,
+                                               interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
             question_embeds = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask,
                                                 **kwargs).last_hidden_state
-            image_feat = normalize(self.vision_proj(image_embeds[:, 0, :]), dim=-1)
+            image_feat = normalize(self.vision_proj(vision_outputs.last_hidden_state[:, 0, :]), dim=-1)
             text_feat = normalize(self.text_proj(question_embeds[:, 0, :]), dim=-1)
             output = image_feat @ text_feat.t()
         return BlipImageTextMatchingModelOutput(
@@ -356,25 +366,20 @@ class BlipPrunedForQuestionAnswering(_BlipPrunedMixin, BlipForQuestionAnswering)
         self.post_init()
 
     def _encode_question(self, input_ids, pixel_values, attention_mask, interpolate_pos_encoding, **kwargs):
-        vision_outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
-                                           **kwargs)
-        image_embeds = vision_outputs.last_hidden_state
-        question = self.text_encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=self._image_bias(vision_outputs, image_embeds.dtype),
-            **kwargs,
+        vision_outputs, question = self._encode_image_and_text(
+            input_ids, attention_mask, pixel_values, interpolate_pos_encoding, **kwargs
         )
         # The answer decoder cross-attends to the (possibly reduced) question tokens.
         if question.token_mask is None and question.token_size is None:
             question_mask = attention_mask
         else:
-            question_mask = question.attention_bias(image_embeds.dtype, self.pruning_config.proportional_attention)
+            dtype = question.last_hidden_state.dtype
+            question_mask = question.attention_bias(dtype, self.pruning_config.proportional_attention)
         return vision_outputs, question.last_hidden_state, question_mask
 
     def forward(self, input_ids, pixel_values, decoder_input_ids=None, decoder_attention_mask=None,
-                attention_mask=None, labels=None, interpolate_pos_encoding=False, **kwargs) -> BlipTextVisionModelOutput:
+                attention_mask=None, labels=None, interpolate_pos_encoding=False,
+                **kwargs) -> BlipTextVisionModelOutput:
         if labels is None and decoder_input_ids is None:
             raise ValueError(
                 "Either `decoder_input_ids` or `labels` should be passed when calling `forward` with"
