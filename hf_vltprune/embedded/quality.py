@@ -88,7 +88,8 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:  # plotting is optional (the `bench` extra)
+    except ImportError:  # plotting is optional: the `bench` extra installs matplotlib
+        print(f"matplotlib is not installed (pip install 'hf-vltprune[bench]'): no plot written to {path}")
         return
     figure, axis = plt.subplots(figsize=(6, 4))
     done = [r for r in rows if r["status"] == "ok"]

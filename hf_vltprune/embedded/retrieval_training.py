@@ -10,8 +10,8 @@ from transformers import Trainer
 
 
 class RetrievalCollator:
-    """Rows of `make_dataset` -> pixels, a true text per image and its hard negative (training), or the statement
-    and its label (evaluation)."""
+    """Rows of `make_dataset` -> pixels, the caption, a true statement and its hard negative (training), or the
+    statement and its label (evaluation)."""
 
     def __init__(self, processor, train: bool = True, seed: int = 0):
         self.processor, self.train = processor, train
@@ -25,8 +25,8 @@ class RetrievalCollator:
         images = [row["image"].convert("RGB") for row in rows]
         batch = {"pixel_values": self.processor.image_processor(images, return_tensors="pt").pixel_values}
         if self.train:
-            positives = [self.rng.choice([row["caption"], row["true_statement"]]) for row in rows]
-            batch.update(self._tokens(positives))
+            batch.update(self._tokens([row["caption"] for row in rows]))
+            batch.update(self._tokens([row["true_statement"] for row in rows], prefix="positive_"))
             batch.update(self._tokens([row["false_statement"] for row in rows], prefix="negative_"))
         else:
             batch.update(self._tokens([row["statement"] for row in rows]))
@@ -43,9 +43,10 @@ def _image_bias(vision_outputs, dtype):
 def itc_itm_loss(model, batch: dict, temperature: float = 0.07) -> tuple[torch.Tensor, dict[str, float]]:
     """BLIP's pre-training losses on a `BlipForImageTextRetrieval` (stock or pruned).
 
-    ITC: symmetric InfoNCE between the projected image and text [CLS] features. ITM: the matching head on each
-    image with its true text (label 1), the dataset's hard negative (a statement wrong in one detail, label 0), and
-    the in-batch text the ITC similarities find most confusable (sampled as in BLIP, label 0).
+    ITC: symmetric InfoNCE between the projected image and caption [CLS] features. ITM: the matching head on each
+    image with a true statement (label 1), its hard negative (the same statement wrong in one detail, label 0), and
+    the in-batch caption the ITC similarities find most confusable (sampled as in BLIP, label 0). True statement and
+    hard negative share their wording but for one word, so the head must look at the image to tell them apart.
     """
     vision = model.vision_model(pixel_values=batch["pixel_values"])
     image_embeds = vision.last_hidden_state
@@ -60,8 +61,9 @@ def itc_itm_loss(model, batch: dict, temperature: float = 0.07) -> tuple[torch.T
     with torch.no_grad():
         weights = similarity.float().softmax(dim=1).fill_diagonal_(0) + 1e-6
         mined = torch.multinomial(weights, 1).squeeze(1) if batch_size > 1 else targets
-    ids = _pad_cat([batch["input_ids"], batch["negative_input_ids"], batch["input_ids"][mined]])
-    mask = _pad_cat([batch["attention_mask"], batch["negative_attention_mask"], batch["attention_mask"][mined]])
+    ids = _pad_cat([batch["positive_input_ids"], batch["negative_input_ids"], batch["input_ids"][mined]])
+    mask = _pad_cat([batch["positive_attention_mask"], batch["negative_attention_mask"],
+                     batch["attention_mask"][mined]])
     bias = _image_bias(vision, image_embeds.dtype)
     fused = model.text_encoder(
         input_ids=ids,

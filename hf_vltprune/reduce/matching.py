@@ -63,9 +63,10 @@ def bipartite_soft_matching(metric: torch.Tensor, budget: Budget, eligible: torc
     eligible_a, eligible_b = eligible[:, ::2], eligible[:, 1::2]
     scores = (a @ b.transpose(1, 2)).masked_fill(~eligible_a[:, :, None] | ~eligible_b[:, None, :], -torch.inf)
     best_score, best_b = scores.max(dim=-1)
-    if dense_limit is None:
-        dense_limit = torch.minimum(eligible.sum(1) // 2, torch.minimum(eligible_a.sum(1), eligible_b.sum(1)))
-    budget = _clip(budget, dense_limit)
+    limit = dense_limit
+    if limit is None:
+        limit = torch.minimum(eligible.sum(1) // 2, torch.minimum(eligible_a.sum(1), eligible_b.sum(1)))
+    budget = _clip(budget, limit)
     src_a = best_score.argsort(dim=-1, descending=True, stable=True)[:, : budget.width]
     dst_b = best_b.gather(1, src_a)
     return Matching(src=2 * src_a, dst=2 * dst_b + 1, valid=_valid_pairs(budget, best_score.gather(1, src_a)))
