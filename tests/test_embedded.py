@@ -27,7 +27,10 @@ def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
     assert any("itc" in entry for entry in record["log_history"])  # the ITC/ITM parts reach the Trainer logs
 
     assert main(["eval", str(model_dir), "--preset", "micro", "--output", str(tmp_path / "eval.json")]) == 0
-    assert json.loads((tmp_path / "eval.json").read_text()) == record["validation"]
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated == record["validation"]
+    assert {k for k in evaluated if k.startswith("itm_accuracy_")} <= {
+        "itm_accuracy_exists", "itm_accuracy_count", "itm_accuracy_relation"}
 
     assert main(["demo", "--preset", "micro", "--output", str(tmp_path / "demo"), "--budgets", "0.5"]) == 0
     report = json.loads((tmp_path / "demo" / "quality.json").read_text())

@@ -12,7 +12,8 @@ from .retrieval_training import RetrievalCollator
 
 @torch.no_grad()
 def evaluate_itm(model, dataset, processor, batch_size: int = 64, progress: bool = False) -> dict[str, float]:
-    """ITM accuracy on the split's true/false statements, and ITC retrieval recall between images and captions."""
+    """ITM accuracy on the split's true/false statements (overall and per statement kind: exists, count,
+    relation), and ITC retrieval recall between images and captions."""
     model.eval()
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=RetrievalCollator(processor, train=False))
@@ -32,5 +33,8 @@ def evaluate_itm(model, dataset, processor, batch_size: int = 64, progress: bool
         image_feats.append(torch.nn.functional.normalize(model.vision_proj(image_embeds[:, 0]), dim=-1))
         text_feats.append(torch.nn.functional.normalize(model.text_proj(text[:, 0]), dim=-1))
     similarity = torch.cat(image_feats) @ torch.cat(text_feats).t()
-    return {"itm_accuracy": itm_accuracy(torch.cat(predictions).cpu(), torch.cat(labels).cpu()),
-            **retrieval_recall(similarity.cpu())}
+    predictions, labels = torch.cat(predictions).cpu(), torch.cat(labels).cpu()
+    kinds = [struct["kind"] for struct in dataset["statement_struct"]]
+    per_kind = {f"itm_accuracy_{kind}": itm_accuracy(predictions[selected], labels[selected])
+                for kind in sorted(set(kinds)) if (selected := torch.tensor([k == kind for k in kinds])).any()}
+    return {"itm_accuracy": itm_accuracy(predictions, labels), **per_kind, **retrieval_recall(similarity.cpu())}
