@@ -215,6 +215,17 @@ class _BlipPrunedMixin(_PrunedInitMixin):
     def _image_bias(self, vision_outputs: BlipPrunedEncoderOutput, dtype: torch.dtype) -> torch.Tensor | None:
         return vision_outputs.attention_bias(dtype, self.pruning_config.proportional_attention)
 
+
+class _ImageGroundedTextMixin(_BlipPrunedMixin):
+    """Heads whose text encoder cross-attends to the image: retrieval (ITM) and question answering."""
+
+    def __init__(self, config: BlipPrunedConfig):
+        vision_config, text_config = _pruned_encoder_configs(config)
+        super().__init__(config)
+        self.vision_model = BlipPrunedVisionModel(vision_config, config.pruning_config)
+        self.text_encoder = BlipPrunedTextModel(text_config, config.pruning_config, add_pooling_layer=False)
+        self.post_init()
+
     def _encode_image_and_text(self, input_ids, attention_mask, pixel_values, interpolate_pos_encoding, **kwargs):
         """The vision encoder, then the text encoder cross-attending to the (reduced) image tokens with their bias."""
         vision_outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
@@ -249,17 +260,11 @@ class BlipPrunedModel(_BlipPrunedMixin, BlipModel):
         self.post_init()
 
 
-class BlipPrunedForImageTextRetrieval(_BlipPrunedMixin, BlipForImageTextRetrieval):
+class BlipPrunedForImageTextRetrieval(_ImageGroundedTextMixin, BlipForImageTextRetrieval):
     """[`~transformers.BlipForImageTextRetrieval`] (ITM and ITC scores) with pruning-enabled encoders."""
 
     config: BlipPrunedConfig
 
-    def __init__(self, config: BlipPrunedConfig):
-        vision_config, text_config = _pruned_encoder_configs(config)
-        super().__init__(config)
-        self.vision_model = BlipPrunedVisionModel(vision_config, config.pruning_config)
-        self.text_encoder = BlipPrunedTextModel(text_config, config.pruning_config, add_pooling_layer=False)
-        self.post_init()
 
     def forward(self, input_ids, pixel_values, use_itm_head=True, attention_mask=None,
                 interpolate_pos_encoding=False, **kwargs) -> BlipImageTextMatchingModelOutput:
@@ -353,17 +358,11 @@ def _generation_mask(bias: torch.Tensor | None, tokens: torch.Tensor) -> torch.T
     return torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
 
 
-class BlipPrunedForQuestionAnswering(_BlipPrunedMixin, BlipForQuestionAnswering):
+class BlipPrunedForQuestionAnswering(_ImageGroundedTextMixin, BlipForQuestionAnswering):
     """[`~transformers.BlipForQuestionAnswering`] with pruning-enabled vision and question encoders."""
 
     config: BlipPrunedConfig
 
-    def __init__(self, config: BlipPrunedConfig):
-        vision_config, text_config = _pruned_encoder_configs(config)
-        super().__init__(config)
-        self.vision_model = BlipPrunedVisionModel(vision_config, config.pruning_config)
-        self.text_encoder = BlipPrunedTextModel(text_config, config.pruning_config, add_pooling_layer=False)
-        self.post_init()
 
     def _encode_question(self, input_ids, pixel_values, attention_mask, interpolate_pos_encoding, **kwargs):
         vision_outputs, question = self._encode_image_and_text(
