@@ -37,42 +37,49 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train_base(args) -> int:
-    """Train a BLIP retrieval model from scratch on the synthetic task (ITC + ITM with hard negatives)."""
-    from .embedded import base_model_dir, train_retrieval_model
+    """Train a BLIP model from scratch on the synthetic task: retrieval (ITC + ITM with hard negatives) or VQA."""
+    from .embedded import base_model_dir, train_base_model
 
     if args.output is None:
+        if args.task != "retrieval":
+            raise ValueError("--output is required for --task vqa (only retrieval base models are cached)")
         print(f"base model: {base_model_dir(args.preset, args.seed)}")
         return 0
-    metrics = train_retrieval_model(args.preset, args.output, seed=args.seed, max_steps=args.max_steps)
+    metrics = train_base_model(args.preset, args.output, task=args.task, seed=args.seed, max_steps=args.max_steps)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def cmd_eval(args) -> int:
-    """ITM accuracy and retrieval recall of a (pruned or stock) retrieval checkpoint on the synthetic task."""
+    """ITM accuracy and retrieval recall (retrieval checkpoints) or VQA exact match (VQA checkpoints), pruned or
+    stock, on the synthetic task."""
     from transformers import BlipProcessor
 
-    from .embedded import evaluate_itm, get_preset, task_data
+    from .embedded import evaluate_itm, evaluate_vqa, get_preset, task_data
 
-    model = _load_retrieval(args.model)
+    model = _load_checkpoint(args.model)
     processor = BlipProcessor.from_pretrained(args.processor or args.model)
     split = task_data(get_preset(args.preset), args.seed)[args.split]
     if args.max_examples:
         split = split.select(range(min(args.max_examples, len(split))))
-    metrics = evaluate_itm(model, split, processor, progress=True)
+    evaluate = evaluate_vqa if "QuestionAnswering" in type(model).__name__ else evaluate_itm
+    metrics = evaluate(model, split, processor, progress=True)
     print(json.dumps(metrics, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2))
     return 0
 
 
-def _load_retrieval(folder):
-    from transformers import AutoConfig, BlipForImageTextRetrieval
+def _load_checkpoint(folder):
+    from transformers import AutoConfig, BlipForImageTextRetrieval, BlipForQuestionAnswering
 
     from .auto import AutoPrunedModel
 
-    if AutoConfig.from_pretrained(folder).model_type == "blip_pruned":
+    config = AutoConfig.from_pretrained(folder)
+    if config.model_type == "blip_pruned":
         return AutoPrunedModel.from_pretrained(folder)
+    if "BlipForQuestionAnswering" in (config.architectures or []):
+        return BlipForQuestionAnswering.from_pretrained(folder)
     return BlipForImageTextRetrieval.from_pretrained(folder)
 
 
@@ -133,12 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command("train-base", cmd_train_base)
     train.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    train.add_argument("--task", default="retrieval", choices=["retrieval", "vqa"])
     train.add_argument("--output", type=Path, default=None, help="folder (default: the user cache, reused)")
     train.add_argument("--max-steps", type=int, default=None, help="override the preset's step count")
     train.add_argument("--seed", type=int, default=0)
 
     evaluate = command("eval", cmd_eval)
-    evaluate.add_argument("model", help="checkpoint folder (pruned or stock BLIP retrieval)")
+    evaluate.add_argument("model", help="checkpoint folder (pruned or stock BLIP retrieval or VQA)")
     evaluate.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
     evaluate.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="which synthetic data")
     evaluate.add_argument("--split", default="validation", choices=["train", "validation", "test"])

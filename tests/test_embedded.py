@@ -47,6 +47,30 @@ def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
     assert cached.stat().st_mtime == stamp
 
 
+def test_vqa_base_model_trains_generates_and_evaluates(cache, tmp_path):
+    model_dir = tmp_path / "vqa"
+    assert main(["train-base", "--task", "vqa", "--preset", "micro", "--output", str(model_dir), "--max-steps",
+                 "3"]) == 0
+    record = json.loads((model_dir / "metrics.json").read_text())
+    assert record["task"] == "vqa" and 0.0 <= record["validation"]["vqa_exact_match"] <= 1.0
+    assert any(k.startswith("vqa_exact_match_") for k in record["validation"])
+    assert main(["eval", str(model_dir), "--preset", "micro", "--output", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text()) == record["validation"]
+    assert main(["train-base", "--task", "vqa", "--preset", "micro"]) == 2  # vqa needs --output
+
+
+def test_vqa_collator_builds_decoder_inputs_and_masked_labels(cache):
+    from hf_vltprune.data.processor import build_processor, dataset_corpus
+    from hf_vltprune.embedded import VqaCollator, task_data
+
+    data = task_data(get_preset("micro"))
+    processor = build_processor(dataset_corpus(data["train"]), 32)
+    batch = VqaCollator(processor)([data["train"][i] for i in range(4)])
+    assert bool((batch["decoder_input_ids"][:, 0] == processor.tokenizer.bos_token_id).all())
+    padding = batch["decoder_attention_mask"] == 0
+    assert bool((batch["labels"][padding] == -100).all()) and bool((batch["labels"][~padding] >= 0).all())
+
+
 def test_random_baseline_respects_budget_and_protects_cls():
     from hf_vltprune.reduce import LayerMetric, RandomDropReducer, TokenState
 

@@ -7,13 +7,22 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import BlipForImageTextRetrieval, BlipProcessor, TrainingArguments
+from transformers import (
+    BlipForImageTextRetrieval,
+    BlipForQuestionAnswering,
+    BlipProcessor,
+    Trainer,
+    TrainingArguments,
+)
 
 from ..data import SceneSpec, make_dataset
 from ..data.processor import build_processor, dataset_corpus
 from .evaluation import evaluate_itm
 from .presets import Preset, get_preset
 from .retrieval_training import RetrievalCollator, RetrievalPretrainer
+from .vqa_training import VqaCollator, evaluate_vqa
+
+TASKS = ("retrieval", "vqa")
 
 
 def cache_dir() -> Path:
@@ -28,27 +37,16 @@ def task_data(preset: Preset, seed: int = 0):
                         num_proc=min(2, os.cpu_count() or 1), cache_dir=str(cache_dir() / "datasets"))
 
 
-def train_retrieval_model(preset: Preset | str, output_dir: str | Path, seed: int = 0, max_steps: int | None = None,
-                          report_to: str = "none") -> dict:
-    """Train a BLIP retrieval model from scratch (ITC + ITM with hard negatives) and save it with its processor.
-
-    Returns the validation metrics, also written to `output_dir/metrics.json` with the training log.
-    """
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    output_dir = Path(output_dir)
-    data = task_data(preset, seed)
-    processor = build_processor(dataset_corpus(data["train"]), preset.image_size)
-    torch.manual_seed(seed)
-    model = BlipForImageTextRetrieval(preset.blip_config(processor.tokenizer))
-    args = TrainingArguments(
+def _training_arguments(preset: Preset, output_dir: Path, steps: int, seed: int, report_to: str) -> TrainingArguments:
+    return TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
-        max_steps=max_steps or preset.max_steps,
+        max_steps=steps,
         per_device_train_batch_size=preset.batch_size,
         learning_rate=preset.learning_rate,
-        warmup_steps=int(preset.warmup_ratio * (max_steps or preset.max_steps)),
+        warmup_steps=int(preset.warmup_ratio * steps),
         lr_scheduler_type="cosine",
         weight_decay=0.05,
-        logging_steps=max(1, (max_steps or preset.max_steps) // 20),
+        logging_steps=max(1, steps // 20),
         save_strategy="no",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -57,16 +55,47 @@ def train_retrieval_model(preset: Preset | str, output_dir: str | Path, seed: in
         use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(),
     )
-    trainer = RetrievalPretrainer(model=model, args=args, train_dataset=data["train"],
-                                  data_collator=RetrievalCollator(processor, train=True, seed=seed))
+
+
+def train_base_model(preset: Preset | str, output_dir: str | Path, task: str = "retrieval", seed: int = 0,
+                     max_steps: int | None = None, report_to: str = "none") -> dict:
+    """Train a BLIP model from scratch on the synthetic task and save it with its processor.
+
+    `task="retrieval"`: `BlipForImageTextRetrieval` with ITC + ITM on hard negatives (`RetrievalPretrainer`).
+    `task="vqa"`: `BlipForQuestionAnswering` with its own answer-generation loss (the stock `Trainer`).
+    Returns the validation metrics, also written to `output_dir/metrics.json` with the training log.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is invalid: allowed {TASKS}.")
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    output_dir = Path(output_dir)
+    data = task_data(preset, seed)
+    processor = build_processor(dataset_corpus(data["train"]), preset.image_size)
+    torch.manual_seed(seed)
+    args = _training_arguments(preset, output_dir, max_steps or preset.max_steps, seed, report_to)
+    if task == "retrieval":
+        model = BlipForImageTextRetrieval(preset.blip_config(processor.tokenizer))
+        trainer = RetrievalPretrainer(model=model, args=args, train_dataset=data["train"],
+                                      data_collator=RetrievalCollator(processor, train=True, seed=seed))
+    else:
+        model = BlipForQuestionAnswering(preset.blip_config(processor.tokenizer))
+        trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=VqaCollator(processor))
     trainer.train()
-    metrics = evaluate_itm(model, data["validation"], processor)
+    evaluate = evaluate_itm if task == "retrieval" else evaluate_vqa
+    metrics = evaluate(model, data["validation"], processor)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    record = dict(preset=preset.to_dict(), seed=seed, validation=metrics, log_history=trainer.state.log_history)
+    record = dict(preset=preset.to_dict(), task=task, seed=seed, validation=metrics,
+                  log_history=trainer.state.log_history)
     (output_dir / "metrics.json").write_text(json.dumps(record, indent=2))
     return metrics
+
+
+def train_retrieval_model(preset: Preset | str, output_dir: str | Path, seed: int = 0, max_steps: int | None = None,
+                          report_to: str = "none") -> dict:
+    """`train_base_model(..., task="retrieval")`."""
+    return train_base_model(preset, output_dir, "retrieval", seed, max_steps, report_to)
 
 
 def base_model_dir(preset: Preset | str, seed: int = 0) -> Path:
