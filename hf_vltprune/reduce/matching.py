@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Budget
-from .state import TokenState, gather_tokens
+from .state import TokenState, keep_tokens
 
 
 class Matching(NamedTuple):
@@ -134,15 +134,9 @@ def merge_tokens(
     removed = torch.zeros(state.hidden.shape[:2], dtype=torch.bool, device=state.hidden.device)
     removed.scatter_(1, src, True if valid is None else valid)
     alive = ~removed if state.mask is None else state.mask & ~removed
-    dense = valid is None and state.mask is None
     # Every sample of a dense batch lost the same count: its length is known without a device sync.
-    length = state.num_tokens - src.shape[1] if dense else int(alive.sum(dim=1).max())
-    # A stable sort of "is gone" puts survivors first without reordering them.
-    order = torch.argsort((~alive).to(torch.int8), dim=1, stable=True)[:, :length]
-    mask = None if dense else alive.gather(1, order)
-    if mask is not None and bool(mask.all()):
-        mask = None
-    survivors = gather_tokens(state, order, mask)
+    dense = valid is None and state.mask is None
+    survivors = keep_tokens(state, alive, state.num_tokens - src.shape[1] if dense else None)
     dst_position = (alive.cumsum(dim=1) - 1).gather(1, dst)
 
     # Float32 arithmetic: sizes of heavily merged tokens exceed what bf16 represents exactly.

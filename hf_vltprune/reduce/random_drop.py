@@ -6,7 +6,7 @@ import torch
 
 from .base import LayerMetric, TokenReducer
 from .registry import register_reducer
-from .state import TokenState, gather_tokens
+from .state import TokenState, keep_tokens
 
 
 @register_reducer("random")
@@ -30,5 +30,4 @@ class RandomDropReducer(TokenReducer):
         scores = scores.masked_fill(state.protected(), 2.0)  # protected tokens sort last: never dropped
         dropped = scores.argsort(dim=1)[:, : budget.width]
         keep = torch.ones_like(scores, dtype=torch.bool).scatter_(1, dropped, False)
-        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : state.num_tokens - budget.width]
-        return gather_tokens(state, order, None)
+        return keep_tokens(state, keep, state.num_tokens - budget.width)

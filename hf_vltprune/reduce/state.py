@@ -116,14 +116,25 @@ def gather_tokens(state: TokenState, index: torch.Tensor, mask: torch.Tensor | N
     return replace(state, hidden=hidden, size=size, mask=mask, guide=guide)
 
 
+def keep_tokens(state: TokenState, keep: torch.Tensor, length: int | None = None) -> TokenState:
+    """Each sample's `keep` tokens (`[B, N]` bool), moved to the front in their original order.
+
+    With `length` (every sample keeps exactly that many) the batch is cut there without reading the device; without
+    it, the batch is cut to its longest row and a padding mask marks the shorter rows.
+    """
+    exact = length is not None
+    if not exact:
+        length = int(keep.sum(dim=1).max())
+    # A stable sort of "is removed" puts kept tokens first without reordering them.
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :length]
+    mask = None if exact else keep.gather(1, order)
+    return gather_tokens(state, order, None if mask is None or bool(mask.all()) else mask)
+
+
 def compact(state: TokenState) -> TokenState:
     """Gather each sample's real tokens to the front (original order kept) and cut the batch to its longest row."""
     if state.mask is None:
         return state
     if bool(state.mask.all()):
         return replace(state, mask=None)
-    longest = int(state.mask.sum(dim=1).max())
-    # A stable sort of "is removed" puts kept tokens first without reordering them.
-    order = torch.argsort((~state.mask).to(torch.int8), dim=1, stable=True)[:, :longest]
-    mask = state.mask.gather(1, order)
-    return gather_tokens(state, order, None if bool(mask.all()) else mask)
+    return keep_tokens(state, state.mask)
