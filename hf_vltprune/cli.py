@@ -120,7 +120,7 @@ def cmd_push(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .embedded import PRESETS
+    from .embedded import PRESETS, TASKS
 
     parser = argparse.ArgumentParser(prog="vltprune", description="Token pruning for vision-language transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command("train-base", cmd_train_base)
     train.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    train.add_argument("--task", default="retrieval", choices=["retrieval", "vqa"])
+    train.add_argument("--task", default="retrieval", choices=TASKS)
     train.add_argument("--output", type=Path, default=None, help="folder (default: the user cache, reused)")
     train.add_argument("--max-steps", type=int, default=None, help="override the preset's step count")
     train.add_argument("--seed", type=int, default=0)

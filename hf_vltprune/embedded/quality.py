@@ -29,7 +29,7 @@ def compare_methods(model, processor, dataset, budgets: list[float], methods: li
     """
     for keep in budgets:
         PruningConfig(vision_keep=keep)  # every budget is validated before the long work starts
-    methods = list(methods or [m for m in reducer_names()])
+    methods = list(methods or reducer_names())
     unknown = [m for m in methods if m not in reducer_names() and m not in PLANNED_METHODS]
     if unknown:
         raise ValueError(f"methods {unknown} are unknown: allowed {sorted(reducer_names())} "
