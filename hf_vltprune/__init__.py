@@ -13,7 +13,7 @@ from .models.blip import (
     BlipPrunedForQuestionAnswering,
     BlipPrunedModel,
 )
-from .reduce import reducer_names, register_reducer
+from .reduce import pruning_disabled, reducer_names, register_reducer
 
 register_auto_classes()
 
@@ -29,6 +29,7 @@ __all__ = [
     "PruningConfig",
     "get_pruned_model",
     "measure",
+    "pruning_disabled",
     "reducer_names",
     "register_reducer",
 ]

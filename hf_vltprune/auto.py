@@ -36,13 +36,46 @@ PRUNED_ARCHITECTURES = {
 }
 
 
+# (Auto class, config class, model class): what `import hf_vltprune` registers, in order of preference for loading.
+AUTO_REGISTRATIONS = [
+    (AutoModel, BlipPrunedConfig, BlipPrunedModel),
+    (AutoModelForZeroShotImageClassification, BlipPrunedConfig, BlipPrunedModel),
+    (AutoModelForVisualQuestionAnswering, BlipPrunedConfig, BlipPrunedForQuestionAnswering),
+    (AutoModelForImageTextToText, BlipPrunedConfig, BlipPrunedForConditionalGeneration),
+]
+
+# The Hub task of each architecture (a model card's `pipeline_tag`). BLIP retrieval has no task of its own: its
+# image-text similarity scores are closest to zero-shot image classification.
+PIPELINE_TAGS = {
+    "BlipPrunedModel": "zero-shot-image-classification",
+    "BlipPrunedForImageTextRetrieval": "zero-shot-image-classification",
+    "BlipPrunedForQuestionAnswering": "visual-question-answering",
+    "BlipPrunedForConditionalGeneration": "image-to-text",
+}
+
+
 def register_auto_classes() -> None:
-    """Make `AutoConfig` / `AutoModel*` resolve the `blip_pruned` model type (idempotent)."""
-    AutoConfig.register(BlipPrunedConfig.model_type, BlipPrunedConfig, exist_ok=True)
-    AutoModel.register(BlipPrunedConfig, BlipPrunedModel, exist_ok=True)
-    AutoModelForZeroShotImageClassification.register(BlipPrunedConfig, BlipPrunedModel, exist_ok=True)
-    AutoModelForVisualQuestionAnswering.register(BlipPrunedConfig, BlipPrunedForQuestionAnswering, exist_ok=True)
-    AutoModelForImageTextToText.register(BlipPrunedConfig, BlipPrunedForConditionalGeneration, exist_ok=True)
+    """Make `AutoConfig` / `AutoModel*` resolve the pruned model types (idempotent)."""
+    for auto_class, config_class, model_class in AUTO_REGISTRATIONS:
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        auto_class.register(config_class, model_class, exist_ok=True)
+
+
+def loading_class(architecture: str) -> tuple[str, str, str | None]:
+    """`(module, class, pipeline tag)`: how a model card tells users to load a checkpoint of `architecture`."""
+    for auto_class, _, model_class in AUTO_REGISTRATIONS:
+        if model_class.__name__ == architecture:
+            return "transformers", auto_class.__name__, PIPELINE_TAGS.get(architecture)
+    return "hf_vltprune", "AutoPrunedModel", PIPELINE_TAGS.get(architecture)
+
+
+def auto_map_entries(config_class: type) -> dict[str, str]:
+    """Auto class name -> class name, for the `auto_map` of a checkpoint whose config is a `config_class`."""
+    entries = {"AutoConfig": config_class.__name__}
+    for auto_class, registered_config, model_class in AUTO_REGISTRATIONS:
+        if registered_config is config_class:
+            entries[auto_class.__name__] = model_class.__name__
+    return entries
 
 
 class AutoPrunedModel:
@@ -92,6 +125,8 @@ def get_pruned_model(model: PreTrainedModel, pruning_config: PruningConfig | dic
     config_dict.pop("model_type", None)
     config_dict["pruning"] = pruning_config.to_dict()
     config = BlipPrunedConfig.from_dict(config_dict)
+    if config.base_model_name_or_path is None and model.name_or_path:
+        config.base_model_name_or_path = model.name_or_path
     pruned = pruned_class(config)
     missing, unexpected = pruned.load_state_dict(model.state_dict(), strict=False)
     # Reducer parameters may be new (stock model) or dropped (re-configured to a method without them).

@@ -58,16 +58,39 @@ def cmd_eval(args) -> int:
     from .embedded import evaluate_itm, evaluate_vqa, get_preset, task_data
 
     model = _load_checkpoint(args.model)
+    if args.attach and not hasattr(model, "pruning_config"):
+        raise ValueError(f"--attach needs a pruned checkpoint; {args.model} is a stock {type(model).__name__}.")
     processor = BlipProcessor.from_pretrained(args.processor or args.model)
     split = task_data(get_preset(args.preset), args.seed)[args.split]
     if args.max_examples:
         split = split.select(range(min(args.max_examples, len(split))))
-    evaluate = evaluate_vqa if "QuestionAnswering" in type(model).__name__ else evaluate_itm
+    is_vqa = "QuestionAnswering" in type(model).__name__
+    evaluate = evaluate_vqa if is_vqa else evaluate_itm
     metrics = evaluate(model, split, processor, progress=True)
+    if args.attach:
+        _attach_to_card(args, model, processor, split, evaluate, is_vqa, metrics)
     print(json.dumps(metrics, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2))
     return 0
+
+
+def _attach_to_card(args, model, processor, split, evaluate, is_vqa, metrics) -> None:
+    """Measure the pruned model against itself with pruning off; state both in the checkpoint's model card."""
+    from .embedded import RetrievalCollator, VqaCollator
+    from .hub import PruningResults, attach_results, measure_against_unpruned
+    from .reduce import pruning_disabled
+
+    collator = VqaCollator(processor) if is_vqa else RetrievalCollator(processor, train=False)
+    batch = collator([split[i] for i in range(min(8, len(split)))])
+    batch = {k: v for k, v in batch.items() if is_vqa or k != "labels"}
+    cost = measure_against_unpruned(model, batch, latency_repeats=5)
+    with pruning_disabled(model):
+        unpruned_metrics = evaluate(model, split, processor, progress=True)
+    setup = {"dataset": f"hf-vltprune synthetic ({args.preset}, seed {args.seed})", "split": args.split,
+             "examples": len(split)}
+    attach_results(args.model, cost.merged(PruningResults(unpruned_metrics, metrics, setup)))
+    print(f"model card updated: {Path(args.model) / 'README.md'}", file=sys.stderr)
 
 
 def _load_checkpoint(folder):
@@ -114,9 +137,19 @@ def cmd_convert(args) -> int:
 
 
 def cmd_push(args) -> int:
-    """Upload a pruned checkpoint with its model card to the Hub (not yet available)."""
-    print("vltprune push: not yet available (model cards and Hub upload are the next milestone).", file=sys.stderr)
-    return 2
+    """Upload a pruned checkpoint folder (model, processor, model card) to the Hub through HfApi."""
+    from .hub import PruningResults, push_to_hub
+
+    results = None
+    if args.results:
+        try:
+            results = PruningResults.from_dict(json.loads(Path(args.results).read_text()))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--results must be a JSON file of PruningResults: {error}") from None
+    url = push_to_hub(args.folder, args.repo_id, results=results, commit_message=args.commit_message,
+                      private=args.private or None, revision=args.revision, create_pr=args.create_pr)
+    print(url)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     evaluate.add_argument("--max-examples", type=int, default=None)
     evaluate.add_argument("--output", default=None, help="write the metrics as JSON here")
+    evaluate.add_argument("--attach", action="store_true",
+                          help="pruned checkpoints: also evaluate with pruning off, measure GFLOPs and latency both "
+                               "ways, and state it all in the checkpoint's model card")
     evaluate.add_argument("--seed", type=int, default=0)
 
     convert = command("convert", cmd_convert)
@@ -160,8 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pruning_arguments(convert)
 
     push = command("push", cmd_push)
-    push.add_argument("folder")
-    push.add_argument("repo_id")
+    push.add_argument("folder", help="a pruned checkpoint folder (from convert, save_pretrained or training)")
+    push.add_argument("repo_id", help="Hub repository, e.g. me/blip-itm-tome-50 (created if missing)")
+    push.add_argument("--results", default=None, help="a PruningResults JSON file to state in the card")
+    push.add_argument("--commit-message", default=None)
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", default=None, help="branch to push to")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     return parser
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import BlipConfig
 
-from hf_vltprune import PruningConfig, get_pruned_model
+from hf_vltprune import PruningConfig, get_pruned_model, pruning_disabled
 from hf_vltprune.auto import PRUNED_ARCHITECTURES
 
 from .conftest import make_inputs, tiny_blip_config
@@ -36,6 +36,22 @@ def test_keep_one_reproduces_the_stock_head(stock_checkpoints, head, method, imp
                                          attn_implementation=implementation).eval()
     assert model.config._attn_implementation == implementation
     assert_same_outputs(head_outputs(model, inputs), reference)
+
+
+@pytest.mark.parametrize("method", ["tome", "crossget"])
+@pytest.mark.parametrize("head", STOCK_HEADS, ids=lambda h: h.__name__)
+def test_pruning_disabled_is_the_stock_head_and_is_undone_on_exit(stock_checkpoints, head, method):
+    inputs, saved = stock_checkpoints
+    folder, reference = saved[head]
+    pruned_class = PRUNED_ARCHITECTURES[head.__name__.replace("Blip", "BlipPruned", 1)]
+    config = PruningConfig(method=method, vision_keep=0.4, text_keep=0.6)
+    model = pruned_class.from_pretrained(folder, pruning_config=config).eval()
+    pruned = head_outputs(model, inputs)
+    with pruning_disabled(model):
+        assert_same_outputs(head_outputs(model, inputs), reference)
+    assert_same_outputs(head_outputs(model, inputs), pruned)
+    name = "itm" if "itm" in pruned else next(iter(pruned))
+    assert not torch.equal(pruned[name], reference[name]), "keep < 1 must change the output"
 
 
 @pytest.mark.parametrize("head", STOCK_HEADS, ids=lambda h: h.__name__)

@@ -32,6 +32,17 @@ def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
     assert {k for k in evaluated if k.startswith("itm_accuracy_")} <= {
         "itm_accuracy_exists", "itm_accuracy_count", "itm_accuracy_relation"}
 
+    # A pruned copy evaluated with --attach states both models' accuracy and cost in its model card.
+    pruned_dir = tmp_path / "pruned"
+    assert main(["convert", str(model_dir), str(pruned_dir), "--vision-keep", "0.5"]) == 0
+    assert main(["eval", str(model_dir), "--preset", "micro", "--attach"]) == 2  # stock: nothing to compare
+    assert main(["eval", str(pruned_dir), "--preset", "micro", "--attach"]) == 0
+    attached = json.loads((pruned_dir / "pruning_results.json").read_text())
+    assert attached["unpruned"]["itm_accuracy"] == evaluated["itm_accuracy"]  # pruning off = the stock model
+    assert attached["pruned"]["gflops"] < attached["unpruned"]["gflops"]
+    card = (pruned_dir / "README.md").read_text()
+    assert f"| `itm_accuracy` | {evaluated['itm_accuracy']:.1%} |" in card and "model-index" in card
+
     assert main(["demo", "--preset", "micro", "--output", str(tmp_path / "demo"), "--budgets", "0.5"]) == 0
     report = json.loads((tmp_path / "demo" / "quality.json").read_text())
     rows = {(r["method"], r["vision_keep"]): r for r in report["rows"]}
@@ -88,11 +99,9 @@ def test_discrimination_is_the_gap_to_random_at_quarter_keep():
     assert discrimination(rows[:1]) is None
 
 
-def test_cli_rejects_unknown_presets_and_reports_push_as_unavailable(capsys):
+def test_cli_rejects_unknown_presets():
     with pytest.raises(SystemExit):
         main(["demo", "--preset", "huge"])
-    assert main(["push", "folder", "me/repo"]) == 2
-    assert "not yet available" in capsys.readouterr().err
     with pytest.raises(ValueError, match="preset"):
         get_preset("huge")
 

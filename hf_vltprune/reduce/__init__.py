@@ -6,6 +6,7 @@ from .matching import Matching, bipartite_soft_matching, complete_graph_soft_mat
 from .random_drop import RandomDropReducer
 from .registry import get_reducer_class, reducer_names, register_reducer
 from .state import TokenState, attention_bias, compact
+from .switch import pruning_disabled
 from .tome import ToMeReducer
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "get_reducer_class",
     "js_divergence",
     "merge_tokens",
+    "pruning_disabled",
     "reducer_names",
     "register_reducer",
 ]

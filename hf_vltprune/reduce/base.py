@@ -38,6 +38,9 @@ class TokenReducer(nn.Module):
     supports_padded: ClassVar[bool] = True
     # Initial value of each own parameter that a checkpoint may lack: normal std, 0.0 for zeros (the default).
     init_std: ClassVar[dict[str, float]] = {}
+    # The method's paper, as the model card cites it: a one-line reference and a BibTeX entry ("" when none).
+    paper: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
 
     def __init__(self, schedule: dict[int, float], hidden_size: int, num_layers: int, options: dict[str, Any]):
         super().__init__()
@@ -45,6 +48,8 @@ class TokenReducer(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.options = dict(options)
+        # Off inside `pruning_disabled`: the encoder then runs as if it had no reducer (the unpruned model).
+        self.enabled = True
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:

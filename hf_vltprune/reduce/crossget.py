@@ -24,6 +24,15 @@ class CrossGETReducer(TokenReducer):
     A token's importance is the cosine between its key and the cross token's query.
     """
 
+    paper = ("Shi et al., CrossGET: Cross-Guided Ensemble of Tokens for Accelerating Vision-Language Transformers, "
+             "ICML 2024")
+    citation = """@inproceedings{shi2024crossget,
+  title     = {{CrossGET}: Cross-Guided Ensemble of Tokens for Accelerating Vision-Language Transformers},
+  author    = {Shi, Dachuan and Tao, Chaofan and Rao, Anyi and Yang, Zhendong and Yuan, Chun and Wang, Jiaqi},
+  booktitle = {International Conference on Machine Learning},
+  year      = {2024}
+}"""
+
     def __init__(self, schedule, hidden_size, num_layers, options):
         super().__init__(schedule, hidden_size, num_layers, options)
         self.cross_embeddings = nn.Parameter(torch.zeros(num_layers, hidden_size))

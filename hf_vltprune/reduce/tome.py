@@ -12,6 +12,15 @@ from .state import TokenState
 class ToMeReducer(TokenReducer):
     """Merges the most redundant tokens into their most similar partner, using the layer's keys as the metric."""
 
+    paper = "Bolya et al., Token Merging: Your ViT But Faster, ICLR 2023"
+    citation = """@inproceedings{bolya2023tome,
+  title     = {Token Merging: Your {ViT} But Faster},
+  author    = {Bolya, Daniel and Fu, Cheng-Yang and Dai, Xiaoliang and Zhang, Peizhao and
+               Feichtenhofer, Christoph and Hoffman, Judy},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2023}
+}"""
+
     def forward(self, layer_idx: int, state: TokenState, metric: LayerMetric) -> TokenState:
         budget = self.tokens_to_remove(layer_idx, state)
         if budget.width == 0:

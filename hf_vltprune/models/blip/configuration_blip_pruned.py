@@ -16,11 +16,14 @@ class BlipPrunedConfig(BlipConfig):
     Args:
         pruning (`dict` or [`PruningConfig`], *optional*):
             How the model reduces tokens. Defaults to `PruningConfig()` (keep 1.0: the stock model).
+        base_model_name_or_path (`str`, *optional*):
+            The stock checkpoint (Hub id or folder) this model was converted from; the model card's `base_model`.
     """
 
     model_type = "blip_pruned"
 
     pruning: dict | PruningConfig | None = None
+    base_model_name_or_path: str | None = None
 
     def __post_init__(self, **kwargs):
         pruning = self.pruning

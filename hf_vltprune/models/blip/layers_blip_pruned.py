@@ -105,6 +105,8 @@ class PrunedBlipTextLayer(BlipTextLayer):
 
 def run_encoder(layers: nn.ModuleList, reducer: TokenReducer | None, state: TokenState, **layer_kwargs) -> TokenState:
     """The loop both encoders share: reducer hooks around the layers, one `TokenState` threaded through."""
+    if reducer is not None and not reducer.enabled:
+        reducer = None
     if reducer is not None:
         state = reducer.start(state)
     for layer_idx, layer in enumerate(layers):

@@ -8,6 +8,7 @@ decoders (captioning, VQA answers) stay the stock eager modules.
 
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from ...config import PruningConfig
+from ...hub import PrunedModelHubMixin
 from ...reduce import TokenReducer, TokenState, attention_bias
 from .configuration_blip_pruned import BlipPrunedConfig
 from .layers_blip_pruned import PrunedBlipTextEncoder, PrunedBlipVisionEncoder
@@ -182,7 +184,7 @@ def _pruned_encoder_configs(config: BlipPrunedConfig):
     return vision, text
 
 
-class _BlipPrunedMixin(_PrunedInitMixin):
+class _BlipPrunedMixin(PrunedModelHubMixin, _PrunedInitMixin):
     """What every pruning-enabled BLIP head shares: the pruning settings and loading stock checkpoints."""
 
     _supports_sdpa = True
@@ -206,9 +208,12 @@ class _BlipPrunedMixin(_PrunedInitMixin):
                 raise ValueError("Pass either `config` or `pruning_config` to from_pretrained, not both.")
             config_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only")
                              if k in kwargs}
-            kwargs["config"] = BlipPrunedConfig.from_pretrained(
+            config = BlipPrunedConfig.from_pretrained(
                 pretrained_model_name_or_path, pruning=_pruning_dict(pruning_config), **config_kwargs
             )
+            if config.base_model_name_or_path is None:  # a stock checkpoint: remember where it came from
+                config.base_model_name_or_path = os.fspath(pretrained_model_name_or_path)
+            kwargs["config"] = config
             kwargs.update(config_kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
