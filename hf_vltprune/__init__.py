@@ -14,6 +14,7 @@ from .models.blip import (
     BlipPrunedModel,
 )
 from .reduce import pruning_disabled, reducer_names, register_reducer
+from .training import KeepRatioScheduler, PruningTrainer, SelfDistillation
 
 register_auto_classes()
 
@@ -26,7 +27,10 @@ __all__ = [
     "BlipPrunedForImageTextRetrieval",
     "BlipPrunedForQuestionAnswering",
     "BlipPrunedModel",
+    "KeepRatioScheduler",
+    "PruningTrainer",
     "PruningConfig",
+    "SelfDistillation",
     "get_pruned_model",
     "measure",
     "pruning_disabled",

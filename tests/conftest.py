@@ -15,8 +15,9 @@ def tiny_blip_config(vision_layers: int = 3, text_layers: int = 2, **overrides) 
         max_position_embeddings=32, bos_token_id=BOS, sep_token_id=SEP, pad_token_id=PAD, eos_token_id=SEP,
     )
     # BLIP VQA feeds question states to a decoder built for image states: both widths must match.
+    # BlipVisionConfig initialises with std 1e-10 by default: a vision tower that ignores its input would hide bugs.
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers, num_attention_heads=4,
-                  image_size=32, patch_size=4)
+                  image_size=32, patch_size=4, initializer_range=0.02)
     return dict(text_config=text, vision_config=vision, projection_dim=16, image_text_hidden_size=16, **overrides)
 
 

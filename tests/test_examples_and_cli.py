@@ -41,3 +41,15 @@ def test_cli_help_lists_the_subcommands(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "demo" in out and "convert" in out
+
+
+def test_finetune_example_trains_and_writes_a_card_with_numbers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_VLTPRUNE_CACHE", str(tmp_path / "cache"))
+    output = tmp_path / "finetuned"
+    monkeypatch.setattr("sys.argv", ["finetune_pruned.py", "--preset", "micro", "--max-steps", "4",
+                                     "--batch-size", "8", "--output", str(output)])
+    runpy.run_path(str(ROOT / "examples" / "finetune_pruned.py"), run_name="__main__")
+    assert "ITM accuracy: unpruned" in capsys.readouterr().out
+    card = (output / "README.md").read_text()
+    assert "| `itm_accuracy` |" in card and "| GFLOPs per sample |" in card
+    assert (output / "tokenizer.json").is_file() or (output / "tokenizer_config.json").is_file()

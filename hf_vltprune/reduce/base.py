@@ -50,6 +50,9 @@ class TokenReducer(nn.Module):
         self.options = dict(options)
         # Off inside `pruning_disabled`: the encoder then runs as if it had no reducer (the unpruned model).
         self.enabled = True
+        # How far along the way from keep 1.0 to the schedule's targets (set by `KeepRatioScheduler`); 1.0 after
+        # training, so a saved model always reduces to its configured targets.
+        self.progress = 1.0
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +68,10 @@ class TokenReducer(nn.Module):
 
     def reduces_at(self, layer_idx: int) -> bool:
         return layer_idx in self.schedule
+
+    def target_keep(self, layer_idx: int) -> float:
+        """Fraction of the original tokens to leave after this layer, at the current `progress`."""
+        return 1.0 - self.progress * (1.0 - self.schedule[layer_idx])
 
     def start(self, state: TokenState) -> TokenState:
         return state
@@ -85,7 +92,7 @@ class TokenReducer(nn.Module):
         layer that could not remove enough leaves the rest to the next reducing layer. A dense batch is planned in
         Python (no device synchronisation); a padded one per sample.
         """
-        keep = self.schedule[layer_idx]
+        keep = self.target_keep(layer_idx)
         if state.is_dense:
             protected = 1 + state.num_guides
             target = max(1, int(math.floor((state.num_original - 1) * keep + 0.5)))

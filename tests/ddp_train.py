@@ -1,0 +1,47 @@
+"""Run by `torchrun --nproc_per_node 2 -m tests.ddp_train OUT` (see test_training.py): a few DDP steps on CPU with
+gloo, then each rank writes what it ended with to OUT/rank<r>.json."""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from hf_vltprune import KeepRatioScheduler, PruningTrainer, SelfDistillation
+from hf_vltprune.reduce import TokenReducer
+from hf_vltprune.training import itm_loss
+
+from .test_training import ProgressRecorder
+from .training_setup import MatchingData, tiny_retrieval_model, training_args
+
+
+def parameter_digest(model) -> str:
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(out: Path) -> None:
+    model = tiny_retrieval_model(seed=0)
+    initial = parameter_digest(model)
+    recorder = ProgressRecorder()
+    args = training_args(out, max_steps=3, per_device_train_batch_size=2, ddp_backend="gloo",
+                         ddp_find_unused_parameters=True)
+    trainer = PruningTrainer(model=model, args=args, train_dataset=MatchingData(), compute_loss_func=itm_loss,
+                             callbacks=[KeepRatioScheduler(warmup_steps=2), SelfDistillation(), recorder])
+    trainer.train()
+    rank = torch.distributed.get_rank()
+    reducers = [m for m in model.modules() if isinstance(m, TokenReducer)]
+    Path(out, f"rank{rank}.json").write_text(json.dumps({
+        "world_size": torch.distributed.get_world_size(),
+        "progress": recorder.seen,
+        "final_progress": [r.progress for r in reducers],
+        "checksum": parameter_digest(trainer.model),
+        "initial_checksum": initial,
+    }))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
