@@ -12,10 +12,16 @@ import argparse
 
 from transformers import TrainingArguments
 
-from hf_vltprune import KeepRatioScheduler, PruningConfig, PruningTrainer, SelfDistillation, get_pruned_model
-from hf_vltprune.embedded import RetrievalCollator, evaluate_itm, get_preset, load_base_model, task_data
+from hf_vltprune import PruningConfig, get_pruned_model
+from hf_vltprune.embedded import (
+    RetrievalCollator,
+    evaluate_itm,
+    finetune_pruned,
+    get_preset,
+    load_base_model,
+    task_data,
+)
 from hf_vltprune.hub import measure_against_unpruned
-from hf_vltprune.training import itm_loss
 
 
 def main() -> None:
@@ -33,27 +39,19 @@ def main() -> None:
     args = parser.parse_args()
 
     preset = get_preset(args.preset)
-    training = TrainingArguments(
-        output_dir=args.output, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate, warmup_steps=args.max_steps // 10, logging_steps=max(1, args.max_steps // 10),
-        save_strategy="no", report_to=[], remove_unused_columns=False, ddp_find_unused_parameters=True,
-    )
-    with training.main_process_first(desc="base model and data"):  # built once, then read from the cache
-        base, processor = load_base_model(preset)
+    with TrainingArguments(output_dir=args.output).main_process_first(desc="base model and data"):
+        base, processor = load_base_model(preset)  # trained once, then read from the cache
         data = task_data(preset)
     model = get_pruned_model(base, PruningConfig(method=args.method, vision_keep=args.vision_keep,
                                                  text_keep=args.text_keep))
-    collator = RetrievalCollator(processor, train=False)  # one statement per image, label 1 = it holds
-    warmup = args.max_steps // 2 if args.warmup_steps is None else args.warmup_steps
-    trainer = PruningTrainer(model=model, args=training, train_dataset=data["train"], data_collator=collator,
-                             compute_loss_func=itm_loss,
-                             callbacks=[KeepRatioScheduler(warmup_steps=warmup), SelfDistillation(alpha=args.alpha)])
-    trainer.train()
+    trainer = finetune_pruned(model, processor, data["train"], args.output, max_steps=args.max_steps,
+                              batch_size=args.batch_size, learning_rate=args.learning_rate,
+                              warmup_steps=args.warmup_steps, alpha=args.alpha)
 
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model).eval()
         validation = data["validation"]
-        batch = collator([validation[i] for i in range(min(8, len(validation)))])
+        batch = RetrievalCollator(processor, train=False)([validation[i] for i in range(min(8, len(validation)))])
         batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
         results = measure_against_unpruned(
             model, batch, evaluate=lambda m: {"itm_accuracy": evaluate_itm(m, validation, processor)["itm_accuracy"]},

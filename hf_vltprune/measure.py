@@ -24,6 +24,10 @@ class Measurement:
         tokens_per_layer: for each encoder, the mean number of real tokens entering each layer.
         latency_ms: median wall time of one forward pass of the whole batch (device-synchronised), if timed.
         batch_size: samples in the measured batch.
+        gflops_per_sample: with `measure(..., per_sample=True)`, each sample's GFLOPs run alone (padding trimmed):
+            what per-instance methods (MADTP) decided for it.
+        keep_per_sample: with `per_sample=True`, per encoder, each sample's tokens entering the last layer over
+            those entering the first.
     """
 
     gflops: float
@@ -31,6 +35,8 @@ class Measurement:
     tokens_per_layer: dict[str, list[float]] = field(default_factory=dict)
     latency_ms: float | None = None
     batch_size: int = 1
+    gflops_per_sample: list[float] | None = None
+    keep_per_sample: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def gflops_vision(self) -> float:
@@ -74,8 +80,9 @@ def count_flops(model: nn.Module, inputs: dict, forward=None) -> tuple[float, di
     return float(counter.get_total_flops()), by_part
 
 
-def count_tokens(model: nn.Module, inputs: dict, forward=None) -> dict[str, list[float]]:
-    """Mean real tokens entering each layer that receives a `TokenState`, per encoder."""
+def count_tokens(model: nn.Module, inputs: dict, forward=None, per_sample: bool = False) -> dict[str, list]:
+    """Real tokens entering each layer that receives a `TokenState`, per encoder: the batch mean per layer, or with
+    `per_sample` a list per layer of each sample's count."""
     forward = model if forward is None else forward
     tokens: dict[str, list[float]] = {}
     handles = []
@@ -88,7 +95,8 @@ def count_tokens(model: nn.Module, inputs: dict, forward=None) -> dict[str, list
                 def hook(_, args, kwargs, encoder=encoder):
                     state = kwargs.get("state")
                     if isinstance(state, TokenState):
-                        tokens.setdefault(encoder, []).append(float(state.counts().float().mean()))
+                        counts = state.counts().float()
+                        tokens.setdefault(encoder, []).append(counts.tolist() if per_sample else float(counts.mean()))
 
                 handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
     try:
@@ -116,7 +124,22 @@ def time_forward(model: nn.Module, inputs: dict, repeats: int = 10, warmup: int 
     return statistics.median(times)
 
 
-def measure(model: nn.Module, inputs: dict, latency_repeats: int = 10, warmup: int = 2, forward=None) -> Measurement:
+def sample_inputs(inputs: dict, index: int) -> dict:
+    """Sample `index` of a batch alone, its right padding trimmed (by `attention_mask`)."""
+    batch = _batch_size(inputs)
+    length = int(inputs["attention_mask"][index].sum()) if "attention_mask" in inputs else None
+    row = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch:
+            value = value[index:index + 1]
+            if length is not None and value.dim() == 2 and value.shape[1] == inputs["attention_mask"].shape[1]:
+                value = value[:, :length]
+        row[key] = value
+    return row
+
+
+def measure(model: nn.Module, inputs: dict, latency_repeats: int = 10, warmup: int = 2, forward=None,
+            per_sample: bool = False) -> Measurement:
     """GFLOPs per sample (total and per sub-module), realised tokens per layer and latency of `model(**inputs)`.
 
     Args:
@@ -125,16 +148,23 @@ def measure(model: nn.Module, inputs: dict, latency_repeats: int = 10, warmup: i
         latency_repeats: timed runs (0 skips timing).
         warmup: untimed runs first.
         forward: what to call instead of `model` (e.g. `model.generate`).
+        per_sample: also count each sample's own GFLOPs and keep ratios (one extra forward per sample).
     """
     if latency_repeats < 0 or warmup < 0:
         raise ValueError(f"latency_repeats and warmup must be >= 0, got {latency_repeats} and {warmup}.")
     batch = _batch_size(inputs)
     total, by_part = count_flops(model, inputs, forward)
     latency = time_forward(model, inputs, latency_repeats, warmup, forward) if latency_repeats else None
-    return Measurement(
+    measured = Measurement(
         gflops=total / batch / 1e9,
         gflops_by_part={k: v / batch / 1e9 for k, v in by_part.items()},
         tokens_per_layer=count_tokens(model, inputs, forward),
         latency_ms=latency,
         batch_size=batch,
     )
+    if per_sample:
+        measured.gflops_per_sample = [count_flops(model, sample_inputs(inputs, i), forward)[0] / 1e9
+                                      for i in range(batch)]
+        for encoder, layers in count_tokens(model, inputs, forward, per_sample=True).items():
+            measured.keep_per_sample[encoder] = [last / first for first, last in zip(layers[0], layers[-1])]
+    return measured

@@ -26,7 +26,10 @@ from .helpers import assert_same_outputs, head_outputs
 
 PRUNED_HEADS = [BlipPrunedModel, BlipPrunedForImageTextRetrieval, BlipPrunedForQuestionAnswering,
                 BlipPrunedForConditionalGeneration]
-METHODS = ["tome", "crossget"]
+# Methods whose token budget follows the keep ratio at inference, and every method (MADTP's follows its learned
+# thresholds; the keep ratio is its training target).
+BUDGETED_METHODS = ["tome", "crossget"]
+METHODS = BUDGETED_METHODS + ["madtp"]
 
 
 def pruned(head, method="crossget", vision_keep=0.5, text_keep=0.6, **kwargs):
@@ -142,7 +145,7 @@ def test_realised_tokens_follow_the_schedule():
     assert torch.equal(out.token_size.sum(1), torch.full((2,), 65.0))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", BUDGETED_METHODS)
 def test_gflops_strictly_decrease_as_keep_decreases(method):
     inputs = make_inputs()
     gflops = []
@@ -189,3 +192,6 @@ def test_training_step_reaches_every_parameter_that_the_loss_uses(method):
     if method == "crossget":
         # The cross embeddings steer what is merged and are attended to, so they receive gradient.
         assert grads["vision_model.encoder.reducer.cross_embeddings"].abs().sum() > 0
+    if method == "madtp":
+        # Through the fused tokens' weights and the straight-through keep decisions.
+        assert grads["vision_model.encoder.reducer.prototypes"].abs().sum() > 0

@@ -48,6 +48,7 @@ def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
     rows = {(r["method"], r["vision_keep"]): r for r in report["rows"]}
     assert {("unpruned", 1.0), ("tome", 0.5), ("crossget", 0.5), ("random", 0.5)} <= set(rows)
     assert all(rows[(m, 0.5)]["status"] == "missing" for m in PLANNED_METHODS)
+    assert rows[("madtp", 0.5)]["status"] == "untrained"
     assert rows[("tome", 0.5)]["gflops"] < rows[("unpruned", 1.0)]["gflops"]
     assert (tmp_path / "demo" / "quality.png").stat().st_size > 0
     assert "| tome | 0.5 | ok |" in (tmp_path / "demo" / "quality.md").read_text()

@@ -11,12 +11,12 @@ from tqdm.auto import tqdm
 from ..auto import get_pruned_model
 from ..config import PruningConfig
 from ..measure import measure
-from ..reduce import reducer_names
+from ..reduce import get_reducer_class, reducer_names
 from .evaluation import evaluate_itm
 from .retrieval_training import RetrievalCollator
 
 # Methods the project implements in later work: listed in every report as missing, never silently skipped.
-PLANNED_METHODS = ("madtp", "smarttrim", "fastv", "pdrop", "visionzip")
+PLANNED_METHODS = ("smarttrim", "fastv", "pdrop", "visionzip")
 
 
 def compare_methods(model, processor, dataset, budgets: list[float], methods: list[str] | None = None,
@@ -25,7 +25,8 @@ def compare_methods(model, processor, dataset, budgets: list[float], methods: li
 
     Each row: method, vision_keep, ITM accuracy, retrieval recall@1 (image to text), GFLOPs per sample and latency
     (median ms for a batch of `latency_batch` validation examples). Methods in `PLANNED_METHODS` that are not
-    registered yet come back as rows with `status="missing"`.
+    registered yet come back as rows with `status="missing"`; methods that only work once fine-tuned (MADTP) are
+    scored as they are, with `status="untrained"`.
     """
     for keep in budgets:
         PruningConfig(vision_keep=keep)  # every budget is validated before the long work starts
@@ -46,7 +47,8 @@ def compare_methods(model, processor, dataset, budgets: list[float], methods: li
         torch.manual_seed(seed)  # the random baseline draws the same tokens every run
         metrics = evaluate_itm(candidate, dataset, processor)
         cost = measure(candidate, sample, latency_repeats=5, warmup=1)
-        rows.append(dict(method=method, vision_keep=keep, status="ok",
+        learned = method != "unpruned" and get_reducer_class(method).needs_training
+        rows.append(dict(method=method, vision_keep=keep, status="untrained" if learned else "ok",
                          itm_accuracy=round(100 * metrics["itm_accuracy"], 2),
                          recall_at_1=round(100 * metrics["image_to_text_recall@1"], 2),
                          gflops=round(cost.gflops, 4), latency_ms=round(cost.latency_ms, 2)))
@@ -92,10 +94,11 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
         print(f"matplotlib is not installed (pip install 'hf-vltprune[bench]'): no plot written to {path}")
         return
     figure, axis = plt.subplots(figsize=(6, 4))
-    done = [r for r in rows if r["status"] == "ok"]
-    for method in dict.fromkeys(r["method"] for r in done):
+    done = [r for r in rows if r["status"] in ("ok", "untrained")]
+    for method, status in dict.fromkeys((r["method"], r["status"]) for r in done):
         points = sorted((r["gflops"], r["itm_accuracy"]) for r in done if r["method"] == method)
-        axis.plot(*zip(*points), marker="o", label=method)
+        axis.plot(*zip(*points), marker="o" if status == "ok" else "x", label=method + (
+            " (untrained)" if status == "untrained" else ""))
     axis.set_xlabel("GFLOPs per sample")
     axis.set_ylabel("ITM accuracy (%)")
     axis.set_title(title, fontsize=9)

@@ -2,17 +2,19 @@
 
 from .base import Budget, LayerMetric, TokenReducer
 from .crossget import CrossGETReducer, js_divergence
+from .madtp import MADTPReducer
 from .matching import Matching, bipartite_soft_matching, complete_graph_soft_matching, merge_tokens
 from .random_drop import RandomDropReducer
 from .registry import get_reducer_class, reducer_names, register_reducer
 from .state import TokenState, attention_bias, compact
-from .switch import pruning_disabled
+from .switch import pruning_disabled, pruning_losses
 from .tome import ToMeReducer
 
 __all__ = [
     "Budget",
     "CrossGETReducer",
     "LayerMetric",
+    "MADTPReducer",
     "RandomDropReducer",
     "Matching",
     "ToMeReducer",
@@ -26,6 +28,7 @@ __all__ = [
     "js_divergence",
     "merge_tokens",
     "pruning_disabled",
+    "pruning_losses",
     "reducer_names",
     "register_reducer",
 ]

@@ -12,10 +12,11 @@ from .state import TokenState
 
 
 class LayerMetric(NamedTuple):
-    """What a layer's self-attention computed anyway and reducers may read: `[B, H, N, d]` queries and keys."""
+    """What a layer's self-attention computed anyway and reducers may read: `[B, H, N, d]` queries, keys, values."""
 
     queries: torch.Tensor
     keys: torch.Tensor
+    values: torch.Tensor | None = None
 
 
 class TokenReducer(nn.Module):
@@ -38,6 +39,8 @@ class TokenReducer(nn.Module):
     supports_padded: ClassVar[bool] = True
     # Initial value of each own parameter that a checkpoint may lack: normal std, 0.0 for zeros (the default).
     init_std: ClassVar[dict[str, float]] = {}
+    # Whether the method's decisions are learned and meaningless before fine-tuning (MADTP's prototypes).
+    needs_training: ClassVar[bool] = False
     # The method's paper, as the model card cites it: a one-line reference and a BibTeX entry ("" when none).
     paper: ClassVar[str] = ""
     citation: ClassVar[str] = ""
@@ -84,6 +87,16 @@ class TokenReducer(nn.Module):
 
     def finish(self, state: TokenState) -> TokenState:
         return state.drop_guides()
+
+    def share_with(self, other: "TokenReducer") -> None:
+        """Called on the text encoder's reducer with the vision encoder's when both exist (parts both use)."""
+
+    def losses(self) -> dict[str, torch.Tensor]:
+        """Weighted auxiliary training losses of the forward passes since `clear_losses` (none by default)."""
+        return {}
+
+    def clear_losses(self) -> None:
+        """Forget what `losses` would report (called after every training step's loss is built)."""
 
     def tokens_to_remove(self, layer_idx: int, state: TokenState) -> "Budget":
         """How many tokens each sample must lose in this layer to meet the schedule.

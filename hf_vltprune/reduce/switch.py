@@ -1,10 +1,12 @@
-"""Switching a model's token reduction off and on again, e.g. to measure or distil from the unpruned model."""
+"""Model-wide views of the reducers: switching them off (to measure or distil from the unpruned model), and
+collecting their training losses."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 from .base import TokenReducer
@@ -32,3 +34,16 @@ def pruning_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for reducer, enabled in zip(reducers, previous):
             reducer.enabled = enabled
+
+
+def pruning_losses(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The reducers' weighted auxiliary losses (e.g. MADTP's keep-ratio and alignment losses) since the last call,
+    summed by name; then forgotten. Add them to the task loss of a training step (`PruningTrainer` does)."""
+    reducers = [module for module in model.modules() if isinstance(module, TokenReducer)]
+    losses: dict[str, torch.Tensor] = {}
+    for reducer in reducers:  # read all before clearing any: a loss may read another reducer's records
+        for name, value in reducer.losses().items():
+            losses[name] = losses[name] + value if name in losses else value
+    for reducer in reducers:
+        reducer.clear_losses()
+    return losses

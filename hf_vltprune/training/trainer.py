@@ -8,7 +8,7 @@ import torch
 from transformers import Trainer
 
 from ..measure import measure
-from ..reduce import pruning_disabled
+from ..reduce import pruning_disabled, pruning_losses
 from .callbacks import SelfDistillation
 from .losses import distillation_loss, summary_state_loss
 
@@ -16,8 +16,9 @@ LOGIT_FIELDS = ("logits", "itm_score", "logits_per_image")
 
 
 class PruningTrainer(Trainer):
-    """A `Trainer` for pruned models: self-distillation (when a `SelfDistillation` callback is given) and, at
-    every logging step, the realised GFLOPs per sample and token keep ratios of the last training batch.
+    """A `Trainer` for pruned models: the reducers' own training losses (`pruning_losses`), self-distillation
+    (when a `SelfDistillation` callback is given) and, at every logging step, the realised GFLOPs per sample and
+    token keep ratios of the last training batch.
 
     Everything else is the stock `Trainer`: pass `compute_loss_func` for heads without a loss of their own (BLIP
     retrieval), `KeepRatioScheduler` for a keep-ratio warm-up, and launch with `accelerate` / `torchrun` as usual.
@@ -44,10 +45,15 @@ class PruningTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = dict(inputs)  # the stock compute_loss pops `labels` from `inputs`
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=None)
+        # The reducers' own losses (e.g. MADTP's keep-ratio and alignment terms), read before the teacher pass.
+        reducer_losses = pruning_losses(self.accelerator.unwrap_model(model))
         if model.training:
             self._last_inputs = batch
-        if self.distillation is not None and model.training:
-            loss = self._distil(model, batch, loss, outputs)
+            if self.distillation is not None:
+                loss = self._distil(model, batch, loss, outputs)
+            for name, value in reducer_losses.items():
+                loss = loss + value
+                self._record(name, value)
         return (loss, outputs) if return_outputs else loss
 
     def _distil(self, model, batch, task_loss, outputs) -> torch.Tensor:

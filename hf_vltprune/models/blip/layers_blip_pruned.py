@@ -29,7 +29,7 @@ class PrunedBlipAttention(BlipAttention):
         dropout = self.dropout.p if self.training else 0.0
         context, probs = attend(query, key, value, attention_bias, dropout, implementation)
         output = self.projection(context.transpose(1, 2).reshape(batch, length, channels))
-        return output, probs, LayerMetric(queries=query, keys=key)
+        return output, probs, LayerMetric(queries=query, keys=key, values=value)
 
 
 class PrunedBlipEncoderLayer(BlipEncoderLayer):
@@ -66,7 +66,7 @@ class PrunedBlipTextSelfAttention(BlipTextSelfAttention):
         dropout = self.dropout.p if self.training else 0.0
         context, probs = attend(query, key, value, attention_bias, dropout, implementation)
         context = context.transpose(1, 2).reshape(batch, length, self.all_head_size)
-        return context, probs, LayerMetric(queries=query, keys=key)
+        return context, probs, LayerMetric(queries=query, keys=key, values=value)
 
 
 class PrunedBlipTextAttention(BlipTextAttention):

@@ -229,6 +229,7 @@ class _ImageGroundedTextMixin(_BlipPrunedMixin):
         super().__init__(config)
         self.vision_model = BlipPrunedVisionModel(vision_config, config.pruning_config)
         self.text_encoder = BlipPrunedTextModel(text_config, config.pruning_config, add_pooling_layer=False)
+        _share_reducer_parts(self.vision_model, self.text_encoder)
         self.post_init()
 
     def _encode_image_and_text(self, input_ids, attention_mask, pixel_values, interpolate_pos_encoding, **kwargs):
@@ -244,6 +245,13 @@ class _ImageGroundedTextMixin(_BlipPrunedMixin):
             **kwargs,
         )
         return vision_outputs, text_outputs
+
+
+def _share_reducer_parts(vision_model: BlipPrunedVisionModel, text_model: BlipPrunedTextModel) -> None:
+    """When both encoders reduce, the text reducer may use the vision reducer's parts (MADTP's prototypes)."""
+    vision, text = vision_model.encoder.reducer, text_model.encoder.reducer
+    if vision is not None and text is not None:
+        text.share_with(vision)
 
 
 def _pruning_dict(pruning_config) -> dict:
@@ -262,6 +270,7 @@ class BlipPrunedModel(_BlipPrunedMixin, BlipModel):
         super().__init__(config)
         self.text_model = BlipPrunedTextModel(text_config, config.pruning_config)
         self.vision_model = BlipPrunedVisionModel(vision_config, config.pruning_config)
+        _share_reducer_parts(self.vision_model, self.text_model)
         self.post_init()
 
 

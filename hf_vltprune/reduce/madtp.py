@@ -1,0 +1,220 @@
+"""MADTP: multimodal alignment-guided dynamic token pruning (Cao et al., 2024).
+
+Per layer and per sample, each token gets an importance (attention it receives, its alignment with learned
+prototypes shared by both modalities, the attention the summary token pays it) and a threshold (the smallest
+prototype-weighted mean importance). Tokens below it are fused into one token, their importance-weighted mean.
+Training keeps every position and masks dropped tokens out of attention, with straight-through gradients to the
+keep decisions; inference gathers the kept tokens to the front and cuts the batch to its longest row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LayerMetric, TokenReducer
+from .registry import register_reducer
+from .state import TokenState, keep_tokens
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax over `dim` where `mask` is True; zero elsewhere (and for rows with no True entry)."""
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(dim) * mask
+
+
+def normalise(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Non-negative `[B, N]` values scaled to sum to 1 over each sample's `mask`ed tokens."""
+    values = values * mask
+    return values / values.sum(dim=1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny)
+
+
+def received_attention(metric: LayerMetric, key_bias: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+    """`[B, N]`: attention each token receives from the real queries, the largest over heads."""
+    scale = metric.queries.shape[-1] ** -0.5
+    scores = (metric.queries @ metric.keys.transpose(-1, -2)).float() * scale
+    if key_bias is not None:
+        scores = scores + key_bias.float()
+    probs = scores.softmax(-1).amax(dim=1)  # [B, N, N]
+    return (probs * valid[:, :, None]).sum(dim=1)
+
+
+def summary_attention(metric: LayerMetric, key_bias: torch.Tensor | None) -> torch.Tensor:
+    """`[B, N]`: attention of the summary token (index 0) to each token, heads weighted by their output norm."""
+    scale = metric.queries.shape[-1] ** -0.5
+    scores = (metric.queries[:, :, :1] @ metric.keys.transpose(-1, -2)).float() * scale  # [B, H, 1, N]
+    if key_bias is not None:
+        scores = scores + key_bias.float()
+    probs = scores.softmax(-1)
+    if metric.values is None:
+        return probs.mean(dim=1)[:, 0]
+    head_norm = (probs @ metric.values.float()).norm(dim=-1)  # [B, H, 1]: how much each head writes to CLS
+    return (probs * head_norm[..., None]).sum(dim=1)[:, 0]
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """The value of `hard` with the gradient of `soft`."""
+    return hard.to(soft.dtype) + soft - soft.detach()
+
+
+@register_reducer("madtp")
+class MADTPReducer(TokenReducer):
+    """Alignment-guided dynamic pruning: per-sample keep decisions from learned prototypes and a learned temperature.
+
+    Options:
+        num_prototypes: M, learned prototype vectors (shared with the other encoder when both prune and have the
+            same width).
+        temperature: initial T of the threshold softmax (learned as `temperature * exp(log_temperature)`).
+        sharpness: width of the sigmoid that gives the keep decisions their straight-through gradient.
+        alignment_weight: weight of the cross-modal alignment loss (mean `1 - cos` of the prototype features).
+        ratio_weight: weight of the keep-ratio loss that drives the realised keep toward the schedule.
+    """
+
+    default_options = {"num_prototypes": 100, "temperature": 1.0, "sharpness": 0.01, "alignment_weight": 0.1,
+                       "ratio_weight": 2.0}
+    init_std = {"prototypes": 0.02}
+    needs_training = True
+    paper = ("Cao et al., MADTP: Multimodal Alignment-Guided Dynamic Token Pruning for Accelerating "
+             "Vision-Language Transformer, CVPR 2024")
+    citation = """@inproceedings{cao2024madtp,
+  title     = {{MADTP}: Multimodal Alignment-Guided Dynamic Token Pruning for Accelerating Vision-Language
+               Transformer},
+  author    = {Cao, Jianjian and Ye, Peng and Li, Shengze and Yu, Chong and Tang, Yansong and Lu, Jiwen and
+               Chen, Tao},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition},
+  year      = {2024}
+}"""
+
+    @classmethod
+    def resolve_options(cls, options):
+        options = super().resolve_options(options)
+        if not isinstance(options["num_prototypes"], int) or options["num_prototypes"] < 1:
+            raise ValueError(f"PruningConfig.method_options['num_prototypes']={options['num_prototypes']!r} is "
+                             "invalid for method 'madtp': allowed integers >= 1.")
+        for name in ("temperature", "sharpness"):
+            if not isinstance(options[name], (int, float)) or not options[name] > 0:
+                raise ValueError(f"PruningConfig.method_options[{name!r}]={options[name]!r} is invalid for method "
+                                 "'madtp': allowed numbers > 0.")
+        for name in ("alignment_weight", "ratio_weight"):
+            if not isinstance(options[name], (int, float)) or options[name] < 0:
+                raise ValueError(f"PruningConfig.method_options[{name!r}]={options[name]!r} is invalid for method "
+                                 "'madtp': allowed numbers >= 0.")
+        return options
+
+    def __init__(self, schedule, hidden_size, num_layers, options):
+        super().__init__(schedule, hidden_size, num_layers, options)
+        self.prototypes = nn.Parameter(torch.zeros(options["num_prototypes"], hidden_size))
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self._owner: list[MADTPReducer] = []  # the reducer whose prototypes this one uses (a list: not a submodule)
+        self._features: torch.Tensor | None = None  # [B, M, C] prototype features, summed over this pass's layers
+        self._ratio_terms: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------------------------------- shared parts
+
+    def share_with(self, other: TokenReducer) -> None:
+        """Use `other`'s prototypes (the other encoder's reducer) so both modalities align to the same ones."""
+        if isinstance(other, MADTPReducer) and other.hidden_size == self.hidden_size and not other._owner:
+            del self.prototypes
+            self._owner = [other]
+
+    def shared_prototypes(self) -> torch.Tensor:
+        return self._owner[0].prototypes if self._owner else self.prototypes
+
+    # ---------------------------------------------------------------------------------------------- forward
+
+    def start(self, state: TokenState) -> TokenState:
+        self._features = None
+        return state
+
+    def forward(self, layer_idx: int, state: TokenState, metric: LayerMetric) -> TokenState:
+        valid = state.valid()
+        candidates = valid & ~state.protected()
+        hidden = state.hidden
+        key_bias = state.attention_bias(torch.float32, True)
+        prototypes = self.shared_prototypes().to(hidden.dtype)
+        logits = (hidden @ prototypes.t()).float() / math.sqrt(self.hidden_size)  # [B, N, M]
+
+        weights = masked_softmax(logits.transpose(1, 2), candidates[:, None, :], dim=-1)  # [B, M, N]
+        features = weights.to(hidden.dtype) @ hidden
+        self._features = features if self._features is None else self._features + features
+
+        importance = (normalise(received_attention(metric, key_bias, valid), candidates)
+                      + normalise(weights.amax(dim=1), candidates)
+                      + normalise(summary_attention(metric, key_bias), candidates)) / 3
+        temperature = self.options["temperature"] * self.log_temperature.exp()
+        focus = masked_softmax(logits.transpose(1, 2) / temperature, candidates[:, None, :], dim=-1)
+        threshold = (focus * importance[:, None, :]).sum(dim=-1).amin(dim=1)  # [B]
+
+        soft_keep = torch.sigmoid((importance - threshold[:, None]) / self.options["sharpness"])
+        drop = candidates & (importance <= threshold[:, None])
+        drop &= (drop.sum(dim=1) > 1)[:, None]  # fusing a single token would save nothing: keep it
+        keep = straight_through(~drop, soft_keep) if self.training else (~drop).to(hidden.dtype)
+        keep = torch.where(candidates, keep, torch.zeros_like(keep))
+
+        fused = self._fused_token(state, drop, keep, importance)
+        if self.training:
+            self._record_ratio(layer_idx, state, candidates, keep, drop)
+            return self._masked(state, drop, keep, fused)
+        return self._compacted(state, drop, fused)
+
+    def _fused_token(self, state: TokenState, drop, keep, importance) -> tuple[torch.Tensor, ...]:
+        """`[B, 1, C]` importance-weighted mean of the dropped tokens, its `[B, 1]` size and `[B, 1]` validity."""
+        candidates = state.valid() & ~state.protected()
+        weight = importance * (1 - keep) * candidates  # equals importance on dropped tokens; carries their gradient
+        weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
+        hidden = (weight[:, None, :].to(state.hidden.dtype) @ state.hidden)
+        size = (state.sizes() * drop).sum(dim=1, keepdim=True)
+        return hidden, size, drop.any(dim=1, keepdim=True)
+
+    def _masked(self, state: TokenState, drop, keep, fused) -> TokenState:
+        """Training: every position stays; dropped tokens leave attention, kept ones carry the keep gradient."""
+        hidden, size, exists = fused
+        protected = state.protected()
+        factor = torch.where(protected, torch.ones_like(keep), keep)
+        return replace(
+            state,
+            hidden=torch.cat([state.hidden * factor[..., None].to(state.hidden.dtype), hidden], dim=1),
+            size=torch.cat([state.sizes(), size], dim=1),
+            mask=torch.cat([state.valid() & ~drop, exists], dim=1),
+            guide=torch.cat([state.guide, torch.zeros_like(exists)], dim=1) if state.guide is not None else None,
+        )
+
+    def _compacted(self, state: TokenState, drop, fused) -> TokenState:
+        """Inference: kept tokens to the front in order, then the fused token; the batch cut to its longest row."""
+        hidden, size, exists = fused
+        grown = replace(
+            state,
+            hidden=torch.cat([state.hidden, hidden], dim=1),
+            size=torch.cat([state.sizes(), size], dim=1),
+            mask=None,
+            guide=torch.cat([state.guide, torch.zeros_like(exists)], dim=1) if state.guide is not None else None,
+        )
+        return keep_tokens(grown, torch.cat([state.valid() & ~drop, exists], dim=1))
+
+    # ----------------------------------------------------------------------------------------------- losses
+
+    def _record_ratio(self, layer_idx, state, candidates, keep, drop) -> None:
+        """Realised fraction of the original unprotected tokens left after this layer (batch mean), vs target."""
+        remaining = (keep * candidates).sum(dim=1) + drop.any(dim=1).to(keep.dtype)
+        original = state.original_counts() - (state.protected() & state.valid()).sum(dim=1)
+        realised = (remaining / original.clamp_min(1)).mean()
+        self._ratio_terms.append((realised - self.target_keep(layer_idx)) ** 2)
+
+    def losses(self) -> dict[str, torch.Tensor]:
+        losses = {}
+        if self._ratio_terms and self.options["ratio_weight"]:
+            losses["madtp_ratio_loss"] = self.options["ratio_weight"] * torch.stack(self._ratio_terms).mean()
+        partner = self._owner[0] if self._owner else None
+        if (partner is not None and self.options["alignment_weight"] and self._features is not None
+                and partner._features is not None and partner._features.shape == self._features.shape):
+            alignment = (1 - F.cosine_similarity(self._features.float(), partner._features.float(), dim=-1)).mean()
+            losses["madtp_alignment_loss"] = self.options["alignment_weight"] * alignment
+        return losses
+
+    def clear_losses(self) -> None:
+        self._ratio_terms = []
+        self._features = None
