@@ -38,7 +38,7 @@ def run(method, keep, args, base, processor, data, validation) -> dict:
     start = time.perf_counter()
     trainer = finetune_pruned(model, processor, data["train"], args.out / f"run-{method}-{keep}",
                               max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                              seed=args.seed, disable_tqdm=True)
+                              reducer_learning_rate=args.reducer_learning_rate, seed=args.seed, disable_tqdm=True)
     seconds = time.perf_counter() - start
     model = trainer.model.eval()
     after = evaluate_itm(model, validation, processor)["itm_accuracy"]
@@ -55,12 +55,13 @@ def run(method, keep, args, base, processor, data, validation) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument("--methods", nargs="+", default=["tome", "crossget", "madtp"])
+    parser.add_argument("--methods", nargs="+", default=["tome", "crossget", "madtp", "smarttrim"])
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.2], help="vision keep ratios")
     parser.add_argument("--text-keep", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--reducer-learning-rate", type=float, default=1e-2, help="of the methods' own parameters")
     parser.add_argument("--max-examples", type=int, default=None, help="validation examples (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1.0, help="self-distillation weight")
     parser.add_argument("--batch-size", type=int, default=32, help="per device")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--reducer-learning-rate", type=float, default=1e-2, help="of the method's own parameters")
     parser.add_argument("--output", default="finetuned-pruned")
     args = parser.parse_args()
 
@@ -46,7 +47,8 @@ def main() -> None:
                                                  text_keep=args.text_keep))
     trainer = finetune_pruned(model, processor, data["train"], args.output, max_steps=args.max_steps,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
-                              warmup_steps=args.warmup_steps, alpha=args.alpha)
+                              reducer_learning_rate=args.reducer_learning_rate, warmup_steps=args.warmup_steps,
+                              alpha=args.alpha)
 
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model).eval()

@@ -133,7 +133,7 @@ def model_card(model_or_config, results: PruningResults | None = None, model_nam
         model_name: the card's title (default: the repository name, or "Pruned <architecture>").
         repo_id: where the checkpoint lives on the Hub, for the loading snippet.
     """
-    from .auto import loading_class  # the Auto layer sits above this module's users; imported late on purpose
+    from .auto import loading_class  # auto imports the models, which import this module: import it late
 
     config = getattr(model_or_config, "config", model_or_config)
     if config is model_or_config:

@@ -26,14 +26,16 @@ from .helpers import assert_same_outputs, head_outputs
 
 PRUNED_HEADS = [BlipPrunedModel, BlipPrunedForImageTextRetrieval, BlipPrunedForQuestionAnswering,
                 BlipPrunedForConditionalGeneration]
-# Methods whose token budget follows the keep ratio at inference, and every method (MADTP's follows its learned
-# thresholds; the keep ratio is its training target).
+# Methods whose token budget follows the keep ratio at inference, and every method (MADTP's and SmartTrim's follow
+# their learned decisions; the keep ratio is their training target).
 BUDGETED_METHODS = ["tome", "crossget"]
-METHODS = BUDGETED_METHODS + ["madtp"]
+METHODS = BUDGETED_METHODS + ["madtp", "smarttrim"]
 
 
 def pruned(head, method="crossget", vision_keep=0.5, text_keep=0.6, **kwargs):
-    pruning = PruningConfig(method=method, vision_keep=vision_keep, text_keep=text_keep)
+    # SmartTrim starts keeping everything (its keep logits are offset by +3); without the offset it trims.
+    options = {"initial_keep_logit": 0.0} if method == "smarttrim" else {}
+    pruning = PruningConfig(method=method, vision_keep=vision_keep, text_keep=text_keep, method_options=options)
     model = head(BlipPrunedConfig(**tiny_blip_config(pruning=pruning), **kwargs)).eval()
     # Non-zero cross embeddings, so that reloading them is actually checked.
     for name, param in model.named_parameters():
@@ -195,3 +197,6 @@ def test_training_step_reaches_every_parameter_that_the_loss_uses(method):
     if method == "madtp":
         # Through the fused tokens' weights and the straight-through keep decisions.
         assert grads["vision_model.encoder.reducer.prototypes"].abs().sum() > 0
+    if method == "smarttrim":  # the task loss reaches the first layer's trimmers (test_smarttrim checks more)
+        for name in ("token_trimmers.0.2.weight", "head_trimmers.0.2.weight"):
+            assert grads[f"vision_model.encoder.reducer.{name}"] is not None, name

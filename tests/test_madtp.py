@@ -8,7 +8,7 @@ from hf_vltprune.measure import count_tokens, measure, sample_inputs
 from hf_vltprune.reduce import pruning_losses
 
 from .conftest import make_inputs
-from .training_setup import tiny_retrieval_model
+from .training_setup import minimise_pruning_losses, tiny_retrieval_model
 
 
 def retrieval(vision_keep=0.5, text_keep=0.6):
@@ -65,17 +65,8 @@ def test_gradients_reach_every_learned_part_and_prototypes_are_shared():
 def test_the_ratio_loss_moves_the_realised_keep_to_the_target():
     torch.manual_seed(0)
     model, inputs = retrieval(vision_keep=0.5, text_keep=1.0), make_inputs(batch=16, length=9, pad_last=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     target = 1 + 0.5 * 64  # CLS + half the patches after the last layer; one layer earlier: 1 + 64 * 2 / 3
-    history = []
-    for _ in range(60):
-        model.train()
-        model(**inputs)
-        loss = sum(pruning_losses(model).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
+    history = minimise_pruning_losses(model, inputs, model.parameters(), steps=60, lr=1e-2)
     model.eval()
     tokens = count_tokens(model, inputs)["vision_model"]
     assert history[-1] < history[0] / 10

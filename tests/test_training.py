@@ -157,3 +157,19 @@ def test_two_processes_end_with_identical_parameters_and_schedule(tmp_path):
     assert ranks[0]["progress"] == ranks[1]["progress"] == [0.0, 0.5, 1.0]
     assert ranks[0]["final_progress"] == ranks[1]["final_progress"] == [1.0]
     assert ranks[0]["checksum"] == ranks[1]["checksum"] != ranks[0]["initial_checksum"]
+
+
+def test_reducer_parameters_can_train_at_their_own_learning_rate(tmp_path):
+    model = tiny_retrieval_model(method="madtp")
+    trainer = train(tmp_path, model=model, max_steps=1)
+    assert len(trainer.optimizer.param_groups) == 2  # the stock grouping
+    trainer = PruningTrainer(model=model, args=training_args(tmp_path), train_dataset=MatchingData(),
+                             compute_loss_func=itm_loss, reducer_learning_rate=0.5)
+    optimizer = trainer.create_optimizer()
+    reducer_group = optimizer.param_groups[-1]
+    assert reducer_group["lr"] == 0.5
+    assert {id(p) for p in reducer_group["params"]} == {
+        id(p) for name, p in model.named_parameters() if ".reducer." in name}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="reducer_learning_rate"):
+        PruningTrainer(model=model, args=training_args(tmp_path), reducer_learning_rate=0)

@@ -40,3 +40,20 @@ def training_args(output_dir, **overrides) -> TrainingArguments:
                     optim="sgd", lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
                     use_cpu=True, seed=0, disable_tqdm=True, remove_unused_columns=False)
     return TrainingArguments(**{**settings, **overrides})
+
+
+def minimise_pruning_losses(model, inputs: dict, parameters, steps: int = 60, lr: float = 1e-2) -> list[float]:
+    """Train `parameters` on the model's reducer losses alone (no task); returns the loss at each step."""
+    from hf_vltprune.reduce import pruning_losses
+
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    history = []
+    for _ in range(steps):
+        model.train()
+        model(**inputs)
+        loss = sum(pruning_losses(model).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    return history

@@ -31,6 +31,8 @@ class TokenReducer(nn.Module):
         hidden_size: width of the encoder's hidden states.
         num_layers: depth of the encoder.
         options: the method's options, already resolved by `resolve_options`.
+        num_heads: attention heads of the encoder's self-attention.
+        guidance_size: width of the other modality's summary vector the encoder passes to `start` (0: none).
     """
 
     method_name: ClassVar[str] = ""
@@ -45,12 +47,15 @@ class TokenReducer(nn.Module):
     paper: ClassVar[str] = ""
     citation: ClassVar[str] = ""
 
-    def __init__(self, schedule: dict[int, float], hidden_size: int, num_layers: int, options: dict[str, Any]):
+    def __init__(self, schedule: dict[int, float], hidden_size: int, num_layers: int, options: dict[str, Any],
+                 num_heads: int = 1, guidance_size: int = 0):
         super().__init__()
         self.schedule = dict(schedule)
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.options = dict(options)
+        self.num_heads = num_heads  # of the encoder's self-attention
+        self.guidance_size = guidance_size  # width of the other modality's summary passed to `start` (0: none)
         # Off inside `pruning_disabled`: the encoder then runs as if it had no reducer (the unpruned model).
         self.enabled = True
         # How far along the way from keep 1.0 to the schedule's targets (set by `KeepRatioScheduler`); 1.0 after
@@ -76,8 +81,13 @@ class TokenReducer(nn.Module):
         """Fraction of the original tokens to leave after this layer, at the current `progress`."""
         return 1.0 - self.progress * (1.0 - self.schedule[layer_idx])
 
-    def start(self, state: TokenState) -> TokenState:
+    def start(self, state: TokenState, guidance: torch.Tensor | None = None) -> TokenState:
+        """Called after the embeddings; `guidance` is the other modality's `[B, guidance_size]` summary, if any."""
         return state
+
+    def head_mask(self, layer_idx: int, state: TokenState) -> "HeadMask | None":
+        """Which self-attention heads each sample runs in this layer (`None`: all)."""
+        return None
 
     def before_layer(self, layer_idx: int, state: TokenState) -> TokenState:
         return state
@@ -116,6 +126,14 @@ class TokenReducer(nn.Module):
         target = torch.floor(original * keep + 0.5).long().clamp(min=1)
         remove = (state.counts() - protected - target).clamp(min=0)
         return Budget(remove, int(remove.max()), False)
+
+
+class HeadMask(NamedTuple):
+    """Per-sample self-attention heads: `weight` `[B, H]` (1 run, 0 skip; straight-through in training) and
+    `active`, the heads any sample of the batch runs (inference): only those are computed. `None` computes all."""
+
+    weight: torch.Tensor
+    active: torch.Tensor | None = None
 
 
 class Budget(NamedTuple):

@@ -33,11 +33,11 @@ class CrossGETReducer(TokenReducer):
   year      = {2024}
 }"""
 
-    def __init__(self, schedule, hidden_size, num_layers, options):
-        super().__init__(schedule, hidden_size, num_layers, options)
+    def __init__(self, schedule, hidden_size, num_layers, options, **kwargs):
+        super().__init__(schedule, hidden_size, num_layers, options, **kwargs)
         self.cross_embeddings = nn.Parameter(torch.zeros(num_layers, hidden_size))
 
-    def start(self, state: TokenState) -> TokenState:
+    def start(self, state: TokenState, guidance: torch.Tensor | None = None) -> TokenState:
         batch, device = state.batch_size, state.hidden.device
         guide = torch.zeros(batch, state.num_tokens + 1, dtype=torch.bool, device=device)
         guide[:, -1] = True

@@ -10,15 +10,15 @@ keep decisions; inference gathers the kept tokens to the front and cuts the batc
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import LayerMetric, TokenReducer
+from .dynamic import remove_dropped, straight_through
 from .registry import register_reducer
-from .state import TokenState, keep_tokens
+from .state import TokenState
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -54,11 +54,6 @@ def summary_attention(metric: LayerMetric, key_bias: torch.Tensor | None) -> tor
         return probs.mean(dim=1)[:, 0]
     head_norm = (probs @ metric.values.float()).norm(dim=-1)  # [B, H, 1]: how much each head writes to CLS
     return (probs * head_norm[..., None]).sum(dim=1)[:, 0]
-
-
-def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-    """The value of `hard` with the gradient of `soft`."""
-    return hard.to(soft.dtype) + soft - soft.detach()
 
 
 @register_reducer("madtp")
@@ -105,8 +100,8 @@ class MADTPReducer(TokenReducer):
                                  "'madtp': allowed numbers >= 0.")
         return options
 
-    def __init__(self, schedule, hidden_size, num_layers, options):
-        super().__init__(schedule, hidden_size, num_layers, options)
+    def __init__(self, schedule, hidden_size, num_layers, options, **kwargs):
+        super().__init__(schedule, hidden_size, num_layers, options, **kwargs)
         self.prototypes = nn.Parameter(torch.zeros(options["num_prototypes"], hidden_size))
         self.log_temperature = nn.Parameter(torch.zeros(()))
         self._owner: list[MADTPReducer] = []  # the reducer whose prototypes this one uses (a list: not a submodule)
@@ -126,7 +121,7 @@ class MADTPReducer(TokenReducer):
 
     # ---------------------------------------------------------------------------------------------- forward
 
-    def start(self, state: TokenState) -> TokenState:
+    def start(self, state: TokenState, guidance: torch.Tensor | None = None) -> TokenState:
         self._features = None
         return state
 
@@ -158,8 +153,7 @@ class MADTPReducer(TokenReducer):
         fused = self._fused_token(state, drop, keep, importance)
         if self.training:
             self._record_ratio(layer_idx, state, candidates, keep, drop)
-            return self._masked(state, drop, keep, fused)
-        return self._compacted(state, drop, fused)
+        return remove_dropped(state, drop, keep, masked=self.training, appended=fused)
 
     def _fused_token(self, state: TokenState, drop, keep, importance) -> tuple[torch.Tensor, ...]:
         """`[B, 1, C]` importance-weighted mean of the dropped tokens, its `[B, 1]` size and `[B, 1]` validity."""
@@ -169,31 +163,6 @@ class MADTPReducer(TokenReducer):
         hidden = (weight[:, None, :].to(state.hidden.dtype) @ state.hidden)
         size = (state.sizes() * drop).sum(dim=1, keepdim=True)
         return hidden, size, drop.any(dim=1, keepdim=True)
-
-    def _masked(self, state: TokenState, drop, keep, fused) -> TokenState:
-        """Training: every position stays; dropped tokens leave attention, kept ones carry the keep gradient."""
-        hidden, size, exists = fused
-        protected = state.protected()
-        factor = torch.where(protected, torch.ones_like(keep), keep)
-        return replace(
-            state,
-            hidden=torch.cat([state.hidden * factor[..., None].to(state.hidden.dtype), hidden], dim=1),
-            size=torch.cat([state.sizes(), size], dim=1),
-            mask=torch.cat([state.valid() & ~drop, exists], dim=1),
-            guide=torch.cat([state.guide, torch.zeros_like(exists)], dim=1) if state.guide is not None else None,
-        )
-
-    def _compacted(self, state: TokenState, drop, fused) -> TokenState:
-        """Inference: kept tokens to the front in order, then the fused token; the batch cut to its longest row."""
-        hidden, size, exists = fused
-        grown = replace(
-            state,
-            hidden=torch.cat([state.hidden, hidden], dim=1),
-            size=torch.cat([state.sizes(), size], dim=1),
-            mask=None,
-            guide=torch.cat([state.guide, torch.zeros_like(exists)], dim=1) if state.guide is not None else None,
-        )
-        return keep_tokens(grown, torch.cat([state.valid() & ~drop, exists], dim=1))
 
     # ----------------------------------------------------------------------------------------------- losses
 

@@ -18,7 +18,7 @@ def register_reducer(name: str):
 
 def _load_builtin_reducers() -> None:
     # Imported lazily so that `registry` has no import cycle with the method files that use `register_reducer`.
-    from . import crossget, madtp, random_drop, tome  # noqa: F401
+    from . import crossget, madtp, random_drop, smarttrim, tome  # noqa: F401
 
 
 def reducer_names() -> list[str]:

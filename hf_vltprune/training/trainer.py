@@ -20,14 +20,21 @@ class PruningTrainer(Trainer):
     (when a `SelfDistillation` callback is given) and, at every logging step, the realised GFLOPs per sample and
     token keep ratios of the last training batch.
 
+    Args:
+        reducer_learning_rate: learning rate of the reducers' own parameters (default: the same as the rest).
+
     Everything else is the stock `Trainer`: pass `compute_loss_func` for heads without a loss of their own (BLIP
     retrieval), `KeepRatioScheduler` for a keep-ratio warm-up, and launch with `accelerate` / `torchrun` as usual.
     Each micro-batch loss is a mean and the `Trainer` divides it by the accumulation steps, so gradient accumulation
     gives the same loss scale as one large batch.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, reducer_learning_rate: float | None = None, **kwargs):
+        if reducer_learning_rate is not None and not reducer_learning_rate > 0:
+            raise ValueError(f"PruningTrainer.reducer_learning_rate={reducer_learning_rate!r} is invalid: allowed "
+                             "numbers > 0 (or None: the learning rate of the rest).")
         super().__init__(*args, **kwargs)
+        self.reducer_learning_rate = reducer_learning_rate
         distillers = [c for c in self.callback_handler.callbacks if isinstance(c, SelfDistillation)]
         if len(distillers) > 1:
             raise ValueError("PruningTrainer: give at most one SelfDistillation callback.")
@@ -41,6 +48,21 @@ class PruningTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
         self._parts: dict[str, list[float]] = {}
         self._last_inputs: dict | None = None
+
+    def create_optimizer(self, model=None):
+        """The stock optimizer; with `reducer_learning_rate`, the reducers' parameters (thresholds, prototypes,
+        trimmers: new and small, so they need a larger step than the pretrained weights) form a group of their own."""
+        optimizer = super().create_optimizer(model)
+        if self.reducer_learning_rate is None:
+            return optimizer
+        owned = {id(p) for name, p in (model or self.model).named_parameters() if ".reducer." in name}
+        moved = []
+        for group in optimizer.param_groups:
+            moved += [p for p in group["params"] if id(p) in owned]
+            group["params"] = [p for p in group["params"] if id(p) not in owned]
+        if moved:
+            optimizer.add_param_group({"params": moved, "lr": self.reducer_learning_rate, "weight_decay": 0.0})
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = dict(inputs)  # the stock compute_loss pops `labels` from `inputs`

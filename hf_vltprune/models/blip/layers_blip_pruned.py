@@ -7,6 +7,7 @@ load unchanged and transformers' output hooks (which match modules with `isinsta
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.models.blip.modeling_blip import BlipAttention, BlipEncoderLayer
 from transformers.models.blip.modeling_blip_text import (
@@ -16,19 +17,53 @@ from transformers.models.blip.modeling_blip_text import (
 )
 
 from ...attention import attend
-from ...reduce import LayerMetric, TokenReducer, TokenState
+from ...reduce import HeadMask, LayerMetric, TokenReducer, TokenState
+
+
+def head_features(active: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Indices of the `active` heads' features in a `[heads * head_dim]` projection."""
+    return (active[:, None] * head_dim + torch.arange(head_dim, device=active.device)).reshape(-1)
+
+
+def sliceable_heads(head_mask: HeadMask | None, *linears: nn.Module) -> HeadMask | None:
+    """`head_mask`, with `active` dropped (compute every head) unless the projections are plain `nn.Linear`s whose
+    rows can be sliced; adapters such as LoRA wrap them, and slicing their base weights would skip the adapter."""
+    if head_mask is None or head_mask.active is None or all(type(linear) is nn.Linear for linear in linears):
+        return head_mask
+    return HeadMask(head_mask.weight)
+
+
+def scale_heads(context: torch.Tensor, head_mask: HeadMask | None) -> torch.Tensor:
+    """`[B, h, N, d]` context with each sample's skipped heads zeroed (of the computed heads)."""
+    if head_mask is None:
+        return context
+    weight = head_mask.weight if head_mask.active is None else head_mask.weight[:, head_mask.active]
+    return context * weight[:, :, None, None].to(context.dtype)
 
 
 class PrunedBlipAttention(BlipAttention):
-    """Vision self-attention over SDPA (or eager) with an additive key bias; also returns queries and keys."""
+    """Vision self-attention over SDPA (or eager) with an additive key bias; also returns queries, keys and values.
 
-    def forward(self, hidden_states, attention_bias=None, implementation="sdpa", **kwargs):
+    With a `HeadMask`, each sample's skipped heads contribute nothing, and heads no sample runs are not computed.
+    """
+
+    def forward(self, hidden_states, attention_bias=None, implementation="sdpa", head_mask=None, **kwargs):
         batch, length, channels = hidden_states.shape
-        qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)
+        head_mask = sliceable_heads(head_mask, self.qkv, self.projection)
+        if head_mask is None or head_mask.active is None:
+            heads, qkv = self.num_heads, self.qkv(hidden_states)
+        else:  # only the heads some sample runs: their rows of q, k and v
+            heads, features = head_mask.active.numel(), head_features(head_mask.active, self.head_dim)
+            rows = torch.cat([features, features + channels, features + 2 * channels])
+            qkv = F.linear(hidden_states, self.qkv.weight[rows], self.qkv.bias[rows])
+        query, key, value = qkv.reshape(batch, length, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         dropout = self.dropout.p if self.training else 0.0
         context, probs = attend(query, key, value, attention_bias, dropout, implementation)
-        output = self.projection(context.transpose(1, 2).reshape(batch, length, channels))
+        context = scale_heads(context, head_mask).transpose(1, 2).reshape(batch, length, heads * self.head_dim)
+        if head_mask is None or head_mask.active is None:
+            output = self.projection(context)
+        else:
+            output = F.linear(context, self.projection.weight[:, features], self.projection.bias)
         return output, probs, LayerMetric(queries=query, keys=key, values=value)
 
 
@@ -43,7 +78,8 @@ class PrunedBlipEncoderLayer(BlipEncoderLayer):
                 proportional=True, **kwargs):
         # `hidden_states` is `state.hidden`; it is passed positionally so transformers' hooks record the tensor.
         bias = state.attention_bias(hidden_states.dtype, proportional)
-        attn_out, _, metric = self.self_attn(self.layer_norm1(hidden_states), bias, implementation)
+        heads = reducer.head_mask(layer_idx, state) if reducer is not None else None
+        attn_out, _, metric = self.self_attn(self.layer_norm1(hidden_states), bias, implementation, head_mask=heads)
         state = state.with_hidden(hidden_states + attn_out)
         if reducer is not None and reducer.reduces_at(layer_idx):
             state = reducer(layer_idx, state, metric)
@@ -55,17 +91,24 @@ class PrunedBlipTextSelfAttention(BlipTextSelfAttention):
     """BERT-style (cross-)attention over SDPA with an additive key bias; no KV cache (encoders only)."""
 
     def forward(self, hidden_states, attention_bias=None, encoder_hidden_states=None, implementation="sdpa",
-                **kwargs):
+                head_mask=None, **kwargs):
         batch, length, _ = hidden_states.shape
         source = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+        heads, features = self.num_attention_heads, None
+        if head_mask is not None and head_mask.active is not None:  # `PrunedBlipTextAttention` checked slicing
+            heads, features = head_mask.active.numel(), head_features(head_mask.active, self.attention_head_size)
 
-        def heads(x):
-            return x.view(batch, x.shape[1], self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+        def project(linear, x):
+            if features is None:
+                x = linear(x)
+            else:  # only the heads some sample runs
+                x = F.linear(x, linear.weight[features], linear.bias[features])
+            return x.view(batch, x.shape[1], heads, self.attention_head_size).transpose(1, 2)
 
-        query, key, value = heads(self.query(hidden_states)), heads(self.key(source)), heads(self.value(source))
+        query, key, value = project(self.query, hidden_states), project(self.key, source), project(self.value, source)
         dropout = self.dropout.p if self.training else 0.0
         context, probs = attend(query, key, value, attention_bias, dropout, implementation)
-        context = context.transpose(1, 2).reshape(batch, length, self.all_head_size)
+        context = scale_heads(context, head_mask).transpose(1, 2).reshape(batch, length, -1)
         return context, probs, LayerMetric(queries=query, keys=key, values=value)
 
 
@@ -75,9 +118,16 @@ class PrunedBlipTextAttention(BlipTextAttention):
         self.self = PrunedBlipTextSelfAttention(config, is_cross_attention, layer_idx=layer_idx)
 
     def forward(self, hidden_states, attention_bias=None, encoder_hidden_states=None, implementation="sdpa",
-                **kwargs):
-        context, probs, metric = self.self(hidden_states, attention_bias, encoder_hidden_states, implementation)
-        return self.output(context, hidden_states), probs, metric
+                head_mask=None, **kwargs):
+        head_mask = sliceable_heads(head_mask, self.self.query, self.self.key, self.self.value, self.output.dense)
+        context, probs, metric = self.self(hidden_states, attention_bias, encoder_hidden_states, implementation,
+                                           head_mask=head_mask)
+        if head_mask is None or head_mask.active is None:
+            return self.output(context, hidden_states), probs, metric
+        # The output projection reads only the computed heads' features.
+        features = head_features(head_mask.active, self.self.attention_head_size)
+        projected = F.linear(context, self.output.dense.weight[:, features], self.output.dense.bias)
+        return self.output.LayerNorm(self.output.dropout(projected) + hidden_states), probs, metric
 
 
 class PrunedBlipTextLayer(BlipTextLayer):
@@ -92,7 +142,8 @@ class PrunedBlipTextLayer(BlipTextLayer):
     def forward(self, hidden_states, state: TokenState, encoder_hidden_states=None, encoder_bias=None,
                 reducer=None, layer_idx=0, implementation="sdpa", proportional=True, **kwargs):
         bias = state.attention_bias(hidden_states.dtype, proportional)
-        attn_out, _, metric = self.attention(hidden_states, bias, implementation=implementation)
+        heads = reducer.head_mask(layer_idx, state) if reducer is not None else None
+        attn_out, _, metric = self.attention(hidden_states, bias, implementation=implementation, head_mask=heads)
         state = state.with_hidden(attn_out)
         if reducer is not None and reducer.reduces_at(layer_idx):
             state = reducer(layer_idx, state, metric)
@@ -103,12 +154,14 @@ class PrunedBlipTextLayer(BlipTextLayer):
         return hidden, state.with_hidden(hidden)
 
 
-def run_encoder(layers: nn.ModuleList, reducer: TokenReducer | None, state: TokenState, **layer_kwargs) -> TokenState:
-    """The loop both encoders share: reducer hooks around the layers, one `TokenState` threaded through."""
+def run_encoder(layers: nn.ModuleList, reducer: TokenReducer | None, state: TokenState,
+                guidance: torch.Tensor | None = None, **layer_kwargs) -> TokenState:
+    """The loop both encoders share: reducer hooks around the layers, one `TokenState` threaded through.
+    `guidance` is the other modality's summary for the reducer (`None` when there is none)."""
     if reducer is not None and not reducer.enabled:
         reducer = None
     if reducer is not None:
-        state = reducer.start(state)
+        state = reducer.start(state, guidance=guidance)
     for layer_idx, layer in enumerate(layers):
         if reducer is not None:
             state = reducer.before_layer(layer_idx, state)
@@ -116,7 +169,8 @@ def run_encoder(layers: nn.ModuleList, reducer: TokenReducer | None, state: Toke
     return reducer.finish(state) if reducer is not None else state
 
 
-def build_reducer(pruning_config, modality: str, hidden_size: int, num_layers: int) -> TokenReducer | None:
+def build_reducer(pruning_config, modality: str, hidden_size: int, num_layers: int, num_heads: int = 1,
+                  guidance_size: int = 0) -> TokenReducer | None:
     """The reducer of one encoder, or `None` when that encoder keeps every token (the stock computation)."""
     from ...reduce import get_reducer_class
 
@@ -124,7 +178,8 @@ def build_reducer(pruning_config, modality: str, hidden_size: int, num_layers: i
         return None
     reducer_class = get_reducer_class(pruning_config.method)
     schedule = pruning_config.keep_schedule(modality, num_layers)
-    return reducer_class(schedule, hidden_size, num_layers, pruning_config.method_options)
+    return reducer_class(schedule, hidden_size, num_layers, pruning_config.method_options, num_heads=num_heads,
+                         guidance_size=guidance_size)
 
 
 class PrunedBlipVisionEncoder(nn.Module):
@@ -134,7 +189,8 @@ class PrunedBlipVisionEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.layers = nn.ModuleList([PrunedBlipEncoderLayer(config) for _ in range(config.num_hidden_layers)])
-        self.reducer = build_reducer(pruning_config, "vision", config.hidden_size, config.num_hidden_layers)
+        self.reducer = build_reducer(pruning_config, "vision", config.hidden_size, config.num_hidden_layers,
+                                     config.num_attention_heads)
         self.proportional_attention = pruning_config.proportional_attention
         self.gradient_checkpointing = False
 
@@ -150,12 +206,25 @@ class PrunedBlipTextEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.layer = nn.ModuleList([PrunedBlipTextLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.reducer = build_reducer(pruning_config, "text", config.hidden_size, config.num_hidden_layers)
+        # Text layers cross-attend to image tokens: their summary guides the text reducer.
+        self.reducer = build_reducer(pruning_config, "text", config.hidden_size, config.num_hidden_layers,
+                                     config.num_attention_heads, config.encoder_hidden_size)
         self.proportional_attention = pruning_config.proportional_attention
         self.gradient_checkpointing = False
 
     def forward(self, state: TokenState, encoder_hidden_states=None, encoder_bias: torch.Tensor | None = None,
                 implementation: str = "sdpa") -> TokenState:
-        return run_encoder(self.layer, self.reducer, state, encoder_hidden_states=encoder_hidden_states,
+        guidance = summarise(encoder_hidden_states, encoder_bias) if encoder_hidden_states is not None else None
+        return run_encoder(self.layer, self.reducer, state, guidance, encoder_hidden_states=encoder_hidden_states,
                            encoder_bias=encoder_bias, implementation=implementation,
                            proportional=self.proportional_attention)
+
+
+def summarise(tokens: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`[B, C]` mean of the real tokens, each weighted by its size, read from their `[B, 1, 1, N]` attention bias
+    (`log size`, and the dtype's minimum on padding)."""
+    if bias is None:
+        return tokens.mean(dim=1)
+    bias = bias[:, 0, 0].float()
+    weight = torch.where(bias > torch.finfo(bias.dtype).min / 2, bias.exp(), torch.zeros_like(bias))
+    return (weight[..., None] * tokens.float()).sum(dim=1).div(weight.sum(dim=1, keepdim=True)).to(tokens.dtype)

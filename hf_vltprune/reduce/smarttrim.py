@@ -1,0 +1,163 @@
+"""SmartTrim: learned, per-sample token and attention-head trimming (Wang et al., 2024).
+
+Only the paper's abstract could be read, so the trimmers are our design after it: small MLPs decide, per layer and
+per sample, which tokens to drop (from each token, its modality's mean and the other modality's summary) and which
+self-attention heads to run (from the two summaries). Training takes hard decisions with straight-through sigmoid
+(optionally Gumbel-sigmoid) gradients and masks dropped tokens out of attention; inference keeps tokens and heads
+whose logit is positive, gathers the kept tokens to the front and computes only the heads some sample of the batch
+runs. A cost loss drives the expected compute of each layer to the keep schedule; `SelfDistillation` provides the
+self-distillation from the full-capacity model and `KeepRatioScheduler` the curriculum.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import HeadMask, LayerMetric, TokenReducer
+from .dynamic import remove_dropped, straight_through
+from .registry import register_reducer
+from .state import TokenState
+
+
+def gumbel_sigmoid(logits: torch.Tensor, temperature: float, noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(hard, soft)` keep decisions: `soft = sigmoid((logits + logistic noise) / T)`, `hard = soft > 0.5`."""
+    if noise:
+        uniform = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+        logits = logits + uniform.log() - (-uniform).log1p()
+    soft = torch.sigmoid(logits / temperature)
+    return soft > 0.5, soft
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weight = mask.to(hidden.dtype)[..., None]
+    return (hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1)
+
+
+def trimmer(in_features: int, width: int, out_features: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_features, width), nn.GELU(), nn.Linear(width, out_features))
+
+
+@register_reducer("smarttrim")
+class SmartTrimReducer(TokenReducer):
+    """Learned per-sample token and head trimming with a compute-cost loss.
+
+    Options:
+        trim_heads: also trim self-attention heads.
+        trimmer_ratio: hidden width of the trimmer MLPs, as a fraction of the encoder width.
+        initial_keep_logit: added to every keep logit, so an untrained trimmer keeps everything (the model starts
+            as the unpruned one and learns to trim).
+        gumbel_temperature: temperature of the Gumbel-sigmoid in training.
+        noise: draw Gumbel noise in training. Off (the default), training takes the decisions inference takes
+            (keep where the logit is positive) with the sigmoid's straight-through gradient; on, it explores, but
+            the noise lets the cost loss settle on logits near 0 that inference then keeps.
+        cost_weight: weight of the loss `mean over layers of (expected cost - target keep)²`.
+        attention_share: the share of a token's per-layer compute that scales with the heads it runs (the
+            attention projections: about 1/3 in a ViT or BERT layer; the MLP is the rest).
+    """
+
+    default_options = {"trim_heads": True, "trimmer_ratio": 0.125, "initial_keep_logit": 3.0,
+                       "gumbel_temperature": 1.0, "noise": False, "cost_weight": 2.0, "attention_share": 1 / 3}
+    needs_training = True
+    paper = ("Wang et al., SmartTrim: Adaptive Tokens and Attention Pruning for Efficient Vision-Language Models, "
+             "LREC-COLING 2024")
+    citation = """@inproceedings{wang2024smarttrim,
+  title     = {{SmartTrim}: Adaptive Tokens and Attention Pruning for Efficient Vision-Language Models},
+  author    = {Wang, Zekun and Liang, Jingchang and He, Ming and Li, Yuhao and Huang, Jiahao and Liu, Ting and
+               Qin, Bing},
+  booktitle = {Proceedings of the 2024 Joint International Conference on Computational Linguistics, Language
+               Resources and Evaluation (LREC-COLING 2024)},
+  year      = {2024}
+}"""
+
+    @classmethod
+    def resolve_options(cls, options):
+        options = super().resolve_options(options)
+        ranges = {"trimmer_ratio": ("numbers > 0", lambda v: v > 0),
+                  "gumbel_temperature": ("numbers > 0", lambda v: v > 0),
+                  "cost_weight": ("numbers >= 0", lambda v: v >= 0),
+                  "attention_share": ("numbers in [0, 1]", lambda v: 0 <= v <= 1)}
+        for name, (allowed, ok) in ranges.items():
+            value = options[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise ValueError(f"PruningConfig.method_options[{name!r}]={value!r} is invalid for method "
+                                 f"'smarttrim': allowed {allowed}.")
+        for name in ("trim_heads", "noise"):
+            if not isinstance(options[name], bool):
+                raise ValueError(f"PruningConfig.method_options[{name!r}]={options[name]!r} is invalid for method "
+                                 "'smarttrim': allowed True or False.")
+        return options
+
+    def __init__(self, schedule, hidden_size, num_layers, options, num_heads=1, guidance_size=0):
+        super().__init__(schedule, hidden_size, num_layers, options, num_heads, guidance_size)
+        width = max(8, int(hidden_size * options["trimmer_ratio"]))
+        layers = [str(i) for i in sorted(schedule)]
+        # One small trimmer per reducing layer: [token, mean of its modality, other modality] -> keep logit.
+        self.token_trimmers = nn.ModuleDict({i: trimmer(2 * hidden_size + guidance_size, width, 1) for i in layers})
+        if options["trim_heads"]:
+            self.head_trimmers = nn.ModuleDict({i: trimmer(hidden_size + guidance_size, width, num_heads)
+                                                for i in layers})
+        self._guidance: torch.Tensor | None = None
+        self._originals: torch.Tensor | None = None
+        self._head_fraction: dict[int, torch.Tensor] = {}
+        self._cost_terms: list[torch.Tensor] = []
+
+    def start(self, state: TokenState, guidance: torch.Tensor | None = None) -> TokenState:
+        self._guidance = guidance
+        self._originals = (state.valid() & ~state.protected()).sum(dim=1).clamp_min(1)
+        self._head_fraction = {}
+        return state
+
+    def _summary(self, state: TokenState) -> torch.Tensor:
+        """`[B, C + G]`: the mean of this modality's real tokens and the other modality's summary (zeros if none)."""
+        parts = [masked_mean(state.hidden, state.valid())]
+        if self.guidance_size:
+            guidance = self._guidance
+            if guidance is None:
+                guidance = state.hidden.new_zeros(state.batch_size, self.guidance_size)
+            parts.append(guidance.to(state.hidden.dtype))
+        return torch.cat(parts, dim=-1)
+
+    def _decide(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(hard, keep)`: boolean decisions and their keep values (straight-through in training)."""
+        logits = logits.float() + self.options["initial_keep_logit"]
+        if not self.training:
+            hard = logits > 0
+            return hard, hard.float()
+        hard, soft = gumbel_sigmoid(logits, self.options["gumbel_temperature"], self.options["noise"])
+        return hard, straight_through(hard, soft)
+
+    def head_mask(self, layer_idx: int, state: TokenState) -> HeadMask | None:
+        if not self.options["trim_heads"] or not self.reduces_at(layer_idx):
+            return None
+        hard, keep = self._decide(self.head_trimmers[str(layer_idx)](self._summary(state)))
+        if self.training:
+            self._head_fraction[layer_idx] = keep.mean(dim=1)
+            return HeadMask(keep)
+        active = hard.any(dim=0).nonzero().flatten()
+        if active.numel() == 0:  # no sample runs any head: compute one, whose output every sample zeroes
+            active = torch.zeros(1, dtype=torch.long, device=hard.device)
+        return HeadMask(keep, active)
+
+    def forward(self, layer_idx: int, state: TokenState, metric: LayerMetric) -> TokenState:
+        candidates = state.valid() & ~state.protected()
+        summary = self._summary(state)[:, None, :].expand(-1, state.num_tokens, -1)
+        logits = self.token_trimmers[str(layer_idx)](torch.cat([state.hidden, summary], dim=-1)).squeeze(-1)
+        hard, keep = self._decide(logits)
+        keep = keep * candidates
+        drop = candidates & ~hard
+        if self.training:
+            token_fraction = keep.sum(dim=1) / self._originals
+            head_fraction = self._head_fraction.get(layer_idx, torch.ones_like(token_fraction))
+            share = self.options["attention_share"]
+            cost = (token_fraction * (share * head_fraction + 1 - share)).mean()
+            self._cost_terms.append((cost - self.target_keep(layer_idx)) ** 2)
+        return remove_dropped(state, drop, keep, masked=self.training)
+
+    def losses(self) -> dict[str, torch.Tensor]:
+        if not self._cost_terms or not self.options["cost_weight"]:
+            return {}
+        return {"smarttrim_cost_loss": self.options["cost_weight"] * torch.stack(self._cost_terms).mean()}
+
+    def clear_losses(self) -> None:
+        self._cost_terms = []

@@ -1,0 +1,114 @@
+"""SmartTrim: learned per-sample token and head trimming."""
+
+import pytest
+import torch
+
+from hf_vltprune import PruningConfig, pruning_disabled
+from hf_vltprune.measure import count_tokens, measure
+from hf_vltprune.reduce import pruning_losses
+
+from .conftest import make_inputs
+from .training_setup import minimise_pruning_losses, tiny_retrieval_model
+
+
+def trimming_model(**options):
+    """A tiny retrieval model whose untrained trimmers already drop tokens and heads (no +3 keep offset)."""
+    model = tiny_retrieval_model(method="smarttrim", vision_keep=0.5, text_keep=0.6)
+    for reducer in (model.vision_model.encoder.reducer, model.text_encoder.encoder.reducer):
+        reducer.options.update({"initial_keep_logit": 0.0, "noise": False, **options})
+        with torch.no_grad():
+            for name, parameter in reducer.named_parameters():
+                parameter.normal_(std=0.5 if name.endswith("weight") else 0.1)
+    return model
+
+
+def test_untrained_trimmers_keep_everything_so_fine_tuning_starts_from_the_unpruned_model():
+    model, inputs = tiny_retrieval_model(method="smarttrim", vision_keep=0.3, text_keep=0.5).eval(), make_inputs()
+    with torch.no_grad():
+        trimmed = model(**inputs).itm_score
+        with pruning_disabled(model):
+            full = model(**inputs).itm_score
+    assert torch.equal(trimmed, full)
+
+
+def test_masked_training_and_compacted_inference_agree_on_tokens_heads_and_outputs():
+    model, inputs = trimming_model(), make_inputs(batch=4, length=9)
+    heads = []
+    model.vision_model.encoder.layers[1].self_attn.register_forward_pre_hook(
+        lambda _, args, kwargs: heads.append(kwargs["head_mask"]), with_kwargs=True)
+    model.eval()
+    with torch.no_grad():
+        compacted, compacted_tokens = model(**inputs).itm_score, count_tokens(model, inputs)
+    model.train()  # no dropout and no Gumbel noise: only the masked-vs-gathered paths differ
+    with torch.no_grad():
+        masked, masked_tokens = model(**inputs).itm_score, count_tokens(model, inputs)
+    pruning_losses(model)
+    assert masked_tokens == compacted_tokens
+    assert compacted_tokens["vision_model"][-1] < compacted_tokens["vision_model"][0]
+    inference_heads, training_heads = heads[0], heads[2]
+    assert torch.equal(inference_heads.weight, training_heads.weight)
+    assert inference_heads.active.numel() < model.config.vision_config.num_attention_heads or \
+        not bool(inference_heads.weight.all()), "some heads are skipped"
+    assert torch.allclose(masked, compacted, atol=1e-5)
+
+
+def test_heads_no_sample_runs_are_not_computed():
+    model, inputs = trimming_model(trim_heads=True), make_inputs(batch=1, length=9)
+    model.eval()
+    with torch.no_grad():
+        for reducer in (model.vision_model.encoder.reducer, model.text_encoder.encoder.reducer):
+            reducer.options["initial_keep_logit"] = 50.0  # every token stays ...
+            for trimmer in reducer.head_trimmers.values():
+                trimmer[2].bias[: trimmer[2].bias.numel() // 2] = -100.0  # ... half of the heads do not
+        half_heads = measure(model, inputs, latency_repeats=0).gflops
+        for reducer in (model.vision_model.encoder.reducer, model.text_encoder.encoder.reducer):
+            reducer.options["trim_heads"] = False
+        all_heads = measure(model, inputs, latency_repeats=0).gflops
+    assert half_heads < 0.95 * all_heads
+
+
+def test_the_task_loss_reaches_the_trimmers():
+    model = trimming_model().train()
+    model(**make_inputs()).itm_score.sum().backward()
+    reducer = model.vision_model.encoder.reducer
+    for trimmers in (reducer.token_trimmers, reducer.head_trimmers):
+        assert trimmers["0"][2].weight.grad.abs().sum() > 0
+
+
+def test_a_sample_alone_matches_the_padded_batch():
+    model, inputs = trimming_model().eval(), make_inputs(batch=3, length=9)
+    with torch.no_grad():
+        together = model(**inputs).itm_score
+        for row in range(3):
+            length = int(inputs["attention_mask"][row].sum())
+            alone = {k: v[row:row + 1, :length] if k != "pixel_values" else v[row:row + 1] for k, v in inputs.items()}
+            assert torch.allclose(model(**alone).itm_score, together[row:row + 1], atol=1e-5)
+
+
+def test_gradients_reach_every_trimmer_and_the_cost_loss_moves_compute_to_the_target():
+    torch.manual_seed(0)
+    model = tiny_retrieval_model(method="smarttrim", vision_keep=0.5, text_keep=1.0)
+    inputs = make_inputs(batch=16, length=9, pad_last=False)
+    model.train()
+    model(**inputs)
+    sum(pruning_losses(model).values()).backward()
+    for name, parameter in model.vision_model.encoder.reducer.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+    history = minimise_pruning_losses(model, inputs, model.vision_model.encoder.reducer.parameters(), lr=3e-2)
+    assert history[-1] < history[0] / 4
+    model.eval()
+    trimmed = measure(model, inputs, latency_repeats=0)
+    with pruning_disabled(model):
+        full = measure(model, inputs, latency_repeats=0)
+    assert trimmed.gflops_vision < 0.92 * full.gflops_vision  # trims once the cost loss asks for it
+
+
+@pytest.mark.parametrize("options, name", [({"trimmer_ratio": 0}, "trimmer_ratio"),
+                                           ({"gumbel_temperature": -1}, "gumbel_temperature"),
+                                           ({"attention_share": 1.5}, "attention_share"),
+                                           ({"trim_heads": "yes"}, "trim_heads"),
+                                           ({"heads": 2}, "unknown option")])
+def test_bad_options_raise_value_errors(options, name):
+    with pytest.raises(ValueError, match=name):
+        PruningConfig(method="smarttrim", vision_keep=0.5, method_options=options)
