@@ -104,6 +104,8 @@ class MADTPReducer(TokenReducer):
         super().__init__(schedule, hidden_size, num_layers, options, **kwargs)
         self.prototypes = nn.Parameter(torch.zeros(options["num_prototypes"], hidden_size))
         self.log_temperature = nn.Parameter(torch.zeros(()))
+        # Per-layer scale of the threshold: the direct handle the keep-ratio loss uses to reach the budget.
+        self.log_threshold_scale = nn.Parameter(torch.zeros(num_layers))
         self._owner: list[MADTPReducer] = []  # the reducer whose prototypes this one uses (a list: not a submodule)
         self._features: torch.Tensor | None = None  # [B, M, C] prototype features, summed over this pass's layers
         self._ratio_terms: list[torch.Tensor] = []
@@ -143,6 +145,7 @@ class MADTPReducer(TokenReducer):
         temperature = self.options["temperature"] * self.log_temperature.exp()
         focus = masked_softmax(logits.transpose(1, 2) / temperature, candidates[:, None, :], dim=-1)
         threshold = (focus * importance[:, None, :]).sum(dim=-1).amin(dim=1)  # [B]
+        threshold = threshold * self.log_threshold_scale[layer_idx].exp()
 
         soft_keep = torch.sigmoid((importance - threshold[:, None]) / self.options["sharpness"])
         drop = candidates & (importance <= threshold[:, None])
