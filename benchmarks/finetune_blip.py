@@ -30,8 +30,10 @@ from hf_vltprune.embedded import (
 
 
 def run(method, keep, args, base, processor, data, validation) -> dict:
-    pruning = PruningConfig(method="tome" if method == "unpruned" else method, vision_keep=keep,
-                            text_keep=args.text_keep if method != "unpruned" else 1.0)
+    unpruned = method == "unpruned"
+    pruning = PruningConfig(method="tome" if unpruned else method, vision_keep=keep,
+                            text_keep=1.0 if unpruned else args.text_keep,
+                            method_options={} if unpruned else json.loads(args.method_options))
     torch.manual_seed(args.seed)
     model = get_pruned_model(base, pruning)
     before = evaluate_itm(model, validation, processor)["itm_accuracy"]
@@ -58,6 +60,7 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["tome", "crossget", "madtp", "smarttrim"])
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.2], help="vision keep ratios")
     parser.add_argument("--text-keep", type=float, default=1.0)
+    parser.add_argument("--method-options", default="{}", help="JSON options for every method (not the unpruned)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
