@@ -26,7 +26,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .measure import measure
+from .measure import batch_size_of, measure
 from .reduce import get_reducer_class, pruning_disabled
 
 RESULTS_FILE = "pruning_results.json"
@@ -104,7 +104,7 @@ def measure_against_unpruned(model, inputs: dict, evaluate: Callable[[Any], dict
         unpruned = _measured(model, inputs, evaluate, latency_repeats)
     facts = {
         "device": torch.cuda.get_device_name(parameter.device) if parameter.device.type == "cuda" else "cpu",
-        "batch_size": next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor)),
+        "batch_size": batch_size_of(inputs),
         "dtype": str(parameter.dtype).removeprefix("torch."),
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),

@@ -50,7 +50,8 @@ class Measurement:
         return {**asdict(self), "gflops_vision": self.gflops_vision, "gflops_text": self.gflops_text}
 
 
-def _batch_size(inputs: dict) -> int:
+def batch_size_of(inputs: dict) -> int:
+    """The batch size of keyword inputs: the first dimension of the first tensor."""
     for value in inputs.values():
         if isinstance(value, torch.Tensor):
             return value.shape[0]
@@ -126,7 +127,7 @@ def time_forward(model: nn.Module, inputs: dict, repeats: int = 10, warmup: int 
 
 def sample_inputs(inputs: dict, index: int) -> dict:
     """Sample `index` of a batch alone, its right padding trimmed (by `attention_mask`)."""
-    batch = _batch_size(inputs)
+    batch = batch_size_of(inputs)
     length = int(inputs["attention_mask"][index].sum()) if "attention_mask" in inputs else None
     row = {}
     for key, value in inputs.items():
@@ -152,7 +153,7 @@ def measure(model: nn.Module, inputs: dict, latency_repeats: int = 10, warmup: i
     """
     if latency_repeats < 0 or warmup < 0:
         raise ValueError(f"latency_repeats and warmup must be >= 0, got {latency_repeats} and {warmup}.")
-    batch = _batch_size(inputs)
+    batch = batch_size_of(inputs)
     total, by_part = count_flops(model, inputs, forward)
     latency = time_forward(model, inputs, latency_repeats, warmup, forward) if latency_repeats else None
     measured = Measurement(
