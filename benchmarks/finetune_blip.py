@@ -32,6 +32,7 @@ from hf_vltprune.embedded import (
 def run(method, keep, args, base, processor, data, validation) -> dict:
     unpruned = method == "unpruned"
     pruning = PruningConfig(method="tome" if unpruned else method, vision_keep=keep,
+                            vision_schedule=None if unpruned else args.vision_schedule,
                             text_keep=1.0 if unpruned else args.text_keep,
                             method_options={} if unpruned else json.loads(args.method_options))
     torch.manual_seed(args.seed)
@@ -60,6 +61,8 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["tome", "crossget", "madtp", "smarttrim"])
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.2], help="vision keep ratios")
     parser.add_argument("--text-keep", type=float, default=1.0)
+    parser.add_argument("--vision-schedule", type=float, nargs="+", default=None,
+                        help="fraction of vision tokens left after each layer (replaces --keeps; one run per method)")
     parser.add_argument("--method-options", default="{}", help="JSON options for every method (not the unpruned)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -77,7 +80,8 @@ def main(argv=None):
     validation = data["validation"]
     if args.max_examples:
         validation = validation.select(range(min(args.max_examples, len(validation))))
-    runs = [("unpruned", 1.0)] + [(m, keep) for keep in args.keeps for m in args.methods]
+    keeps = [args.vision_schedule[-1]] if args.vision_schedule else args.keeps
+    runs = [("unpruned", 1.0)] + [(m, keep) for keep in keeps for m in args.methods]
     rows = [run(method, keep, args, base, processor, data, validation) for method, keep in runs]
 
     reference = rows[0]["gflops"]
