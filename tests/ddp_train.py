@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from hf_vltprune import KeepRatioScheduler, PruningTrainer, SelfDistillation
-from hf_vltprune.reduce import TokenReducer
+from hf_vltprune.reduce import reducers_of
 from hf_vltprune.training import itm_loss
 
 from .test_training import ProgressRecorder
@@ -33,7 +33,7 @@ def main(out: Path) -> None:
                              callbacks=[KeepRatioScheduler(warmup_steps=2), SelfDistillation(), recorder])
     trainer.train()
     rank = torch.distributed.get_rank()
-    reducers = [m for m in model.modules() if isinstance(m, TokenReducer)]
+    reducers = reducers_of(model)
     Path(out, f"rank{rank}.json").write_text(json.dumps({
         "world_size": torch.distributed.get_world_size(),
         "progress": recorder.seen,

@@ -12,7 +12,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from hf_vltprune import KeepRatioScheduler, PruningTrainer, SelfDistillation
-from hf_vltprune.reduce import TokenReducer
+from hf_vltprune.reduce import reducers_of
 from hf_vltprune.training import distillation_loss, itm_loss
 
 from .training_setup import MatchingData, tiny_retrieval_model, training_args
@@ -25,7 +25,7 @@ class ProgressRecorder(TrainerCallback):
         self.seen = []
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.seen.append(next(m.progress for m in model.modules() if isinstance(m, TokenReducer)))
+        self.seen.append(reducers_of(model)[0].progress)
 
 
 def train(tmp_path, model=None, callbacks=(), trainer_class=PruningTrainer, resume=None, **args):
@@ -72,7 +72,7 @@ def test_warm_up_moves_the_realised_keep_from_one_to_the_target(tmp_path):
     assert kept[0] == 1.0 and kept[-1] < kept[1] < kept[0]
     assert all(entry["gflops"] > 0 for entry in trainer.state.log_history if "keep_vision_model" in entry)
     assert recorder.seen[-1] == 1.0 and all(
-        m.progress == 1.0 for m in trainer.model.modules() if isinstance(m, TokenReducer))
+        m.progress == 1.0 for m in reducers_of(trainer.model))
 
 
 def test_scheduler_longer_than_training_is_rejected_before_the_first_step(tmp_path):
@@ -118,7 +118,7 @@ def test_self_distillation_from_the_unpruned_self_is_zero_without_pruning_and_po
     assert max(map(abs, logged(unpruned, "distillation_loss") + logged(unpruned, "hidden_distillation_loss"))) < 1e-9
     # The random tiny model's ITM head barely reads the image, so the summary state is where pruning shows.
     assert min(logged(pruned, "hidden_distillation_loss")) > 1e-4
-    assert all(m.enabled for m in pruned.model.modules() if isinstance(m, TokenReducer)) and pruned.model.training
+    assert all(m.enabled for m in reducers_of(pruned.model)) and pruned.model.training
 
 
 def test_self_distillation_from_a_given_teacher(tmp_path):

@@ -13,7 +13,7 @@ from .random_drop import RandomDropReducer
 from .registry import get_reducer_class, reducer_names, register_reducer
 from .smarttrim import SmartTrimReducer
 from .state import TokenState, attention_bias, compact
-from .switch import pruning_disabled, pruning_losses
+from .switch import pruning_disabled, pruning_losses, reducers_of
 from .tome import ToMeReducer
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "merge_tokens",
     "pruning_disabled",
     "pruning_losses",
+    "reducers_of",
     "reducer_names",
     "register_reducer",
 ]

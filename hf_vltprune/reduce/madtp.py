@@ -153,14 +153,13 @@ class MADTPReducer(TokenReducer):
         keep = straight_through(~drop, soft_keep) if self.training else (~drop).to(hidden.dtype)
         keep = torch.where(candidates, keep, torch.zeros_like(keep))
 
-        fused = self._fused_token(state, drop, keep, importance)
+        fused = self._fused_token(state, candidates, drop, keep, importance)
         if self.training:
             self._record_ratio(layer_idx, state, candidates, keep, drop)
         return remove_dropped(state, drop, keep, masked=self.training, appended=fused)
 
-    def _fused_token(self, state: TokenState, drop, keep, importance) -> tuple[torch.Tensor, ...]:
+    def _fused_token(self, state: TokenState, candidates, drop, keep, importance) -> tuple[torch.Tensor, ...]:
         """`[B, 1, C]` importance-weighted mean of the dropped tokens, its `[B, 1]` size and `[B, 1]` validity."""
-        candidates = state.valid() & ~state.protected()
         weight = importance * (1 - keep) * candidates  # equals importance on dropped tokens; carries their gradient
         weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
         hidden = (weight[:, None, :].to(state.hidden.dtype) @ state.hidden)

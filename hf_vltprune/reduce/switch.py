@@ -12,6 +12,11 @@ from torch import nn
 from .base import TokenReducer
 
 
+def reducers_of(model: nn.Module) -> list[TokenReducer]:
+    """Every token reducer inside `model`."""
+    return [module for module in model.modules() if isinstance(module, TokenReducer)]
+
+
 @contextmanager
 def pruning_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block, `model` computes what the unpruned model computes: every reducer is skipped.
@@ -25,7 +30,7 @@ def pruning_disabled(model: nn.Module) -> Iterator[nn.Module]:
             reference = model(**batch)
         ```
     """
-    reducers = [module for module in model.modules() if isinstance(module, TokenReducer)]
+    reducers = reducers_of(model)
     previous = [reducer.enabled for reducer in reducers]
     for reducer in reducers:
         reducer.enabled = False
@@ -39,7 +44,7 @@ def pruning_disabled(model: nn.Module) -> Iterator[nn.Module]:
 def pruning_losses(model: nn.Module) -> dict[str, torch.Tensor]:
     """The reducers' weighted auxiliary losses (e.g. MADTP's keep-ratio and alignment losses) since the last call,
     summed by name; then forgotten. Add them to the task loss of a training step (`PruningTrainer` does)."""
-    reducers = [module for module in model.modules() if isinstance(module, TokenReducer)]
+    reducers = reducers_of(model)
     losses: dict[str, torch.Tensor] = {}
     for reducer in reducers:  # read all before clearing any: a loss may read another reducer's records
         for name, value in reducer.losses().items():

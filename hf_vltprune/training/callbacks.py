@@ -8,7 +8,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from ..reduce import TokenReducer
+from ..reduce import reducers_of
 
 SCHEDULE_SHAPES = ("linear", "cosine", "step")
 
@@ -17,9 +17,8 @@ def set_pruning_progress(model: nn.Module, progress: float) -> None:
     """Put every reducer of `model` at `progress` along the way from keep 1.0 (0.0) to its targets (1.0)."""
     if not 0.0 <= progress <= 1.0:
         raise ValueError(f"progress={progress} is invalid: allowed [0, 1].")
-    for module in model.modules():
-        if isinstance(module, TokenReducer):
-            module.progress = progress
+    for reducer in reducers_of(model):
+        reducer.progress = progress
 
 
 class KeepRatioScheduler(TrainerCallback, ExportableState):

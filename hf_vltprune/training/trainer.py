@@ -8,7 +8,7 @@ import torch
 from transformers import Trainer
 
 from ..measure import measure
-from ..reduce import pruning_disabled, pruning_losses
+from ..reduce import pruning_disabled, pruning_losses, reducers_of
 from .callbacks import SelfDistillation
 from .losses import distillation_loss, summary_state_loss
 
@@ -55,7 +55,7 @@ class PruningTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if self.reducer_learning_rate is None:
             return optimizer
-        owned = {id(p) for name, p in (model or self.model).named_parameters() if ".reducer." in name}
+        owned = {id(p) for reducer in reducers_of(model or self.model) for p in reducer.parameters()}
         moved = []
         for group in optimizer.param_groups:
             moved += [p for p in group["params"] if id(p) in owned]
