@@ -13,6 +13,7 @@ from .models.blip import (
     BlipPrunedForQuestionAnswering,
     BlipPrunedModel,
 )
+from .models.llava import LlavaPrunedConfig, LlavaPrunedForConditionalGeneration, LlavaPrunedModel
 from .reduce import pruning_disabled, reducer_names, register_reducer
 from .training import KeepRatioScheduler, PruningTrainer, SelfDistillation
 
@@ -28,6 +29,9 @@ __all__ = [
     "BlipPrunedForQuestionAnswering",
     "BlipPrunedModel",
     "KeepRatioScheduler",
+    "LlavaPrunedConfig",
+    "LlavaPrunedForConditionalGeneration",
+    "LlavaPrunedModel",
     "PruningTrainer",
     "PruningConfig",
     "SelfDistillation",

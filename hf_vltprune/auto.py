@@ -24,6 +24,11 @@ from .models.blip import (
     BlipPrunedModel,
 )
 from .models.blip.modeling_blip_pruned import BLIP_PRUNED_CLASSES
+from .models.llava import LlavaPrunedConfig, LlavaPrunedForConditionalGeneration, LlavaPrunedModel
+from .models.llava.modeling_llava_pruned import LLAVA_PRUNED_CLASSES
+
+# Stock class -> pruned class, for `get_pruned_model`.
+PRUNED_CLASSES = {**BLIP_PRUNED_CLASSES, **LLAVA_PRUNED_CLASSES}
 
 PRUNED_ARCHITECTURES = {
     cls.__name__: cls
@@ -32,6 +37,8 @@ PRUNED_ARCHITECTURES = {
         BlipPrunedForImageTextRetrieval,
         BlipPrunedForQuestionAnswering,
         BlipPrunedForConditionalGeneration,
+        LlavaPrunedModel,
+        LlavaPrunedForConditionalGeneration,
     )
 }
 
@@ -42,6 +49,8 @@ AUTO_REGISTRATIONS = [
     (AutoModelForZeroShotImageClassification, BlipPrunedConfig, BlipPrunedModel),
     (AutoModelForVisualQuestionAnswering, BlipPrunedConfig, BlipPrunedForQuestionAnswering),
     (AutoModelForImageTextToText, BlipPrunedConfig, BlipPrunedForConditionalGeneration),
+    (AutoModel, LlavaPrunedConfig, LlavaPrunedModel),
+    (AutoModelForImageTextToText, LlavaPrunedConfig, LlavaPrunedForConditionalGeneration),
 ]
 
 # The Hub task of each architecture (a model card's `pipeline_tag`). BLIP retrieval has no task of its own: its
@@ -51,6 +60,8 @@ PIPELINE_TAGS = {
     "BlipPrunedForImageTextRetrieval": "zero-shot-image-classification",
     "BlipPrunedForQuestionAnswering": "visual-question-answering",
     "BlipPrunedForConditionalGeneration": "image-to-text",
+    "LlavaPrunedModel": "image-text-to-text",
+    "LlavaPrunedForConditionalGeneration": "image-text-to-text",
 }
 
 
@@ -59,6 +70,24 @@ def register_auto_classes() -> None:
     for auto_class, config_class, model_class in AUTO_REGISTRATIONS:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         auto_class.register(config_class, model_class, exist_ok=True)
+    _register_weight_renaming()
+
+
+def _register_weight_renaming() -> None:
+    """Stock LLaVA checkpoints in the older layout (`language_model.model.*`) are renamed on loading by a mapping
+    transformers keys by model type and class name; the pruned types get the same (transformers >= 5.2x; older
+    versions rename through the inherited `_checkpoint_conversion_mapping`)."""
+    try:
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            register_checkpoint_conversion_mapping,
+        )
+    except ImportError:
+        return
+    for pruned, stock in (("llava_pruned", "llava"), ("LlavaPrunedModel", "LlavaModel")):
+        mapping = get_checkpoint_conversion_mapping(stock)
+        if mapping is not None:
+            register_checkpoint_conversion_mapping(pruned, mapping, overwrite=True)
 
 
 def loading_class(architecture: str) -> tuple[str, str, str | None]:
@@ -106,25 +135,26 @@ class AutoPrunedModel:
 
 
 def get_pruned_model(model: PreTrainedModel, pruning_config: PruningConfig | dict) -> PreTrainedModel:
-    """The pruning-enabled version of an already loaded stock BLIP model, with the same weights.
+    """The pruning-enabled version of an already loaded stock BLIP or LLaVA model, with the same weights.
 
     Args:
-        model: a `BlipModel`, `BlipForImageTextRetrieval`, `BlipForQuestionAnswering` or
-            `BlipForConditionalGeneration` (a pruned one is re-configured).
+        model: a `BlipModel`, `BlipForImageTextRetrieval`, `BlipForQuestionAnswering`,
+            `BlipForConditionalGeneration`, `LlavaModel` or `LlavaForConditionalGeneration` (a pruned one is
+            re-configured).
         pruning_config: the pruning settings.
     """
-    stock_class = next((stock for stock in BLIP_PRUNED_CLASSES if isinstance(model, stock)), None)
+    stock_class = next((stock for stock in PRUNED_CLASSES if isinstance(model, stock)), None)
     if stock_class is None:
         raise ValueError(
-            f"get_pruned_model supports {sorted(c.__name__ for c in BLIP_PRUNED_CLASSES)}, got {type(model).__name__}."
+            f"get_pruned_model supports {sorted(c.__name__ for c in PRUNED_CLASSES)}, got {type(model).__name__}."
         )
-    pruned_class = BLIP_PRUNED_CLASSES[stock_class]
+    pruned_class = PRUNED_CLASSES[stock_class]
     if not isinstance(pruning_config, PruningConfig):
         pruning_config = PruningConfig.from_dict(dict(pruning_config))
     config_dict = model.config.to_dict()
     config_dict.pop("model_type", None)
     config_dict["pruning"] = pruning_config.to_dict()
-    config = BlipPrunedConfig.from_dict(config_dict)
+    config = pruned_class.config_class.from_dict(config_dict)
     if config.base_model_name_or_path is None and model.name_or_path:
         config.base_model_name_or_path = model.name_or_path
     pruned = pruned_class(config)

@@ -10,6 +10,7 @@ from typing import Any
 from .reduce.registry import get_reducer_class, reducer_names
 
 MODALITIES = ("vision", "text")
+TOKEN_POSITIONS = ("original", "compact")
 
 
 def _fail(field_name: str, value: Any, allowed: str) -> None:
@@ -41,6 +42,13 @@ class PruningConfig:
             Fraction of the original vision tokens left after each reducing vision layer (one entry per layer).
         text_schedule (`list[float]`, *optional*):
             As `vision_schedule`, for the text encoder.
+        vision_tokens (`int`, *optional*):
+            LLaVA: the number of visual tokens per image the language model keeps, instead of `vision_keep` (which is
+            then `vision_tokens / tokens per image`). Must not exceed the tokens an image has.
+        token_positions (`str`, defaults to `"original"`):
+            LLaVA: the position ids of the tokens after visual tokens are removed. `"original"`: every kept token keeps
+            the position it had (a merged token takes the position of the patch it is anchored at), so the text after
+            the image sits where it always did; `"compact"`: the kept tokens are renumbered without gaps.
         proportional_attention (`bool`, defaults to `True`):
             Add `log(size)` of each key to the attention logits, so a merged token counts as the tokens it stands for.
         method_options (`dict`, *optional*):
@@ -54,6 +62,8 @@ class PruningConfig:
     text_layers: list[int] | None = None
     vision_schedule: list[float] | None = None
     text_schedule: list[float] | None = None
+    vision_tokens: int | None = None
+    token_positions: str = "original"
     proportional_attention: bool = True
     method_options: dict[str, Any] = field(default_factory=dict)
 
@@ -62,6 +72,9 @@ class PruningConfig:
             _fail("method", self.method, f"one of {sorted(reducer_names())}")
         for modality in MODALITIES:
             self._validate_modality(modality)
+        self._validate_vision_tokens()
+        if self.token_positions not in TOKEN_POSITIONS:
+            _fail("token_positions", self.token_positions, f"one of {list(TOKEN_POSITIONS)}")
         if not isinstance(self.proportional_attention, bool):
             _fail("proportional_attention", self.proportional_attention, "True or False")
         if not isinstance(self.method_options, dict):
@@ -70,6 +83,30 @@ class PruningConfig:
         self.method_options = reducer.resolve_options(self.method_options)
         if self.text_keep < 1.0 and not reducer.supports_padded:
             _fail("text_keep", self.text_keep, f"1.0 for method {self.method!r} (it reduces dense vision batches only)")
+        if reducer.location == "before_language_model":
+            for name in ("vision_layers", "vision_schedule"):
+                if getattr(self, name) is not None:
+                    _fail(name, getattr(self, name), f"None for method {self.method!r} (it reduces once, before the "
+                          "language model)")
+
+    def _validate_vision_tokens(self) -> None:
+        tokens = self.vision_tokens
+        if tokens is None:
+            return
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            _fail("vision_tokens", tokens, "a positive number of tokens")
+        if self.vision_keep < 1.0 or self.vision_schedule is not None:
+            _fail("vision_tokens", tokens, "None when vision_keep or vision_schedule is given (one budget only)")
+
+    def with_token_count(self, num_tokens: int) -> "PruningConfig":
+        """This configuration for an encoder whose images have `num_tokens` tokens: `vision_tokens` becomes the
+        equivalent `vision_keep`. Raises `ValueError` when more tokens are asked for than exist."""
+        if self.vision_tokens is None:
+            return self
+        if self.vision_tokens > num_tokens:
+            _fail("vision_tokens", self.vision_tokens, f"at most {num_tokens} (the tokens of one image)")
+        data = {**self.to_dict(), "vision_tokens": None, "vision_keep": self.vision_tokens / num_tokens}
+        return PruningConfig.from_dict(data)
 
     def _validate_modality(self, modality: str) -> None:
         keep_name, layers_name, schedule_name = f"{modality}_keep", f"{modality}_layers", f"{modality}_schedule"
@@ -105,6 +142,8 @@ class PruningConfig:
 
     def reduces(self, modality: str) -> bool:
         """Whether the encoder of `modality` ("vision" or "text") removes any token."""
+        if modality == "vision" and self.vision_tokens is not None:
+            return True
         return getattr(self, f"{modality}_keep") < 1.0
 
     def reducing_layers(self, modality: str, num_layers: int) -> list[int]:
@@ -113,9 +152,10 @@ class PruningConfig:
             return []
         layers = getattr(self, f"{modality}_layers")
         if layers is None:
+            layers = get_reducer_class(self.method).default_layers(num_layers)
             schedule = getattr(self, f"{modality}_schedule")
-            # An explicit schedule without layers applies to the last len(schedule) layers.
-            return list(range(num_layers - len(schedule), num_layers)) if schedule else list(range(num_layers))
+            # An explicit schedule without layers applies to the last len(schedule) default layers.
+            return layers[max(0, len(layers) - len(schedule)):] if schedule else layers
         return layers
 
     def keep_schedule(self, modality: str, num_layers: int) -> dict[int, float]:
@@ -123,9 +163,7 @@ class PruningConfig:
         layers = self.reducing_layers(modality, num_layers)
         schedule = getattr(self, f"{modality}_schedule")
         if schedule is None:
-            # Same number of tokens removed in every reducing layer (ToMe's constant r).
-            keep = getattr(self, f"{modality}_keep")
-            schedule = [1.0 - (1.0 - keep) * (i + 1) / len(layers) for i in range(len(layers))]
+            schedule = get_reducer_class(self.method).default_schedule(getattr(self, f"{modality}_keep"), len(layers))
         return dict(zip(layers, schedule))
 
     def validate_for_model(self, num_vision_layers: int, num_text_layers: int) -> None:
@@ -138,6 +176,12 @@ class PruningConfig:
             schedule = getattr(self, f"{modality}_schedule")
             if layers is None and schedule is not None and len(schedule) > depth:
                 _fail(f"{modality}_schedule", schedule, f"at most {depth} entries (one per {modality} layer)")
+
+    def validate_for_architecture(self, architecture: str) -> None:
+        """Check that the method is built for `architecture` ("blip" or "llava")."""
+        supported = get_reducer_class(self.method).architectures
+        if architecture not in supported:
+            _fail("method", self.method, f"a method for {architecture} models (it supports {list(supported)} only)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

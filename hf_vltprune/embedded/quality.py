@@ -15,31 +15,26 @@ from ..reduce import get_reducer_class, reducer_names
 from .evaluation import evaluate_itm
 from .retrieval_training import RetrievalCollator
 
-# Methods the project implements in later work: listed in every report as missing, never silently skipped.
-PLANNED_METHODS = ("fastv", "pdrop", "visionzip")
-
 
 def compare_methods(model, processor, dataset, budgets: list[float], methods: list[str] | None = None,
                     seed: int = 0, latency_batch: int = 32) -> list[dict]:
     """Evaluate the unpruned model and each method at each `vision_keep` budget.
 
     Each row: method, vision_keep, ITM accuracy, retrieval recall@1 (image to text), GFLOPs per sample and latency
-    (median ms for a batch of `latency_batch` validation examples). Methods in `PLANNED_METHODS` that are not
-    registered yet come back as rows with `status="missing"`; methods that only work once fine-tuned (MADTP) are
-    scored as they are, with `status="untrained"`.
+    (median ms for a batch of `latency_batch` validation examples). Methods that only work once fine-tuned (MADTP)
+    are scored as they are, with `status="untrained"`. `methods` defaults to every method built for BLIP.
     """
     for keep in budgets:
         PruningConfig(vision_keep=keep)  # every budget is validated before the long work starts
-    methods = list(methods or reducer_names())
-    unknown = [m for m in methods if m not in reducer_names() and m not in PLANNED_METHODS]
+    methods = list(methods or reducer_names("blip"))
+    unknown = [m for m in methods if m not in reducer_names("blip")]
     if unknown:
-        raise ValueError(f"methods {unknown} are unknown: allowed {sorted(reducer_names())} "
-                         f"(planned: {list(PLANNED_METHODS)}).")
+        raise ValueError(f"methods {unknown} are not BLIP methods: allowed {reducer_names('blip')}.")
     device = next(model.parameters()).device
     sample = RetrievalCollator(processor, train=False)([dataset[i] for i in range(min(latency_batch, len(dataset)))])
     sample = {k: v.to(device) for k, v in sample.items() if k != "labels"}
 
-    runs = [("unpruned", 1.0)] + [(m, keep) for m in methods if m in reducer_names() for keep in budgets]
+    runs = [("unpruned", 1.0)] + [(m, keep) for m in methods for keep in budgets]
     rows = []
     for method, keep in tqdm(runs, desc="methods x budgets"):
         pruning = PruningConfig(method="tome" if method == "unpruned" else method, vision_keep=keep)
@@ -52,8 +47,6 @@ def compare_methods(model, processor, dataset, budgets: list[float], methods: li
                          itm_accuracy=round(100 * metrics["itm_accuracy"], 2),
                          recall_at_1=round(100 * metrics["image_to_text_recall@1"], 2),
                          gflops=round(cost.gflops, 4), latency_ms=round(cost.latency_ms, 2)))
-    rows += [dict(method=m, vision_keep=keep, status="missing") for m in PLANNED_METHODS if m not in reducer_names()
-             for keep in budgets]
     return rows
 
 

@@ -46,6 +46,23 @@ class TokenReducer(nn.Module):
     # The method's paper, as the model card cites it: a one-line reference and a BibTeX entry ("" when none).
     paper: ClassVar[str] = ""
     citation: ClassVar[str] = ""
+    # Where the method acts: "encoder" (inside an encoder, between self-attention and MLP), "before_language_model"
+    # (on a multimodal LLM's visual tokens, between the vision tower and the language model) or "language_model"
+    # (drops visual tokens between the language model's layers).
+    location: ClassVar[str] = "encoder"
+    # Model families the method is built for ("blip", "llava").
+    architectures: ClassVar[tuple[str, ...]] = ("blip", "llava")
+
+    @classmethod
+    def default_layers(cls, num_layers: int) -> list[int]:
+        """The reducing layers when the configuration names none (every layer by default)."""
+        return list(range(num_layers))
+
+    @classmethod
+    def default_schedule(cls, keep: float, num_stages: int) -> list[float]:
+        """Fraction of the tokens left after each of `num_stages` reducing layers to end at `keep`: by default the
+        same number removed in every layer (ToMe's constant r)."""
+        return [1.0 - (1.0 - keep) * (i + 1) / num_stages for i in range(num_stages)]
 
     def __init__(self, schedule: dict[int, float], hidden_size: int, num_layers: int, options: dict[str, Any],
                  num_heads: int = 1, guidance_size: int = 0):

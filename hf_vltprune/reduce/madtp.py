@@ -69,6 +69,8 @@ class MADTPReducer(TokenReducer):
         ratio_weight: weight of the keep-ratio loss that drives the realised keep toward the schedule.
     """
 
+    architectures = ("blip",)  # guided by a text encoder
+
     default_options = {"num_prototypes": 100, "temperature": 1.0, "sharpness": 0.01, "alignment_weight": 0.1,
                        "ratio_weight": 2.0}
     init_std = {"prototypes": 0.02}

@@ -18,12 +18,13 @@ def register_reducer(name: str):
 
 def _load_builtin_reducers() -> None:
     # Imported lazily so that `registry` has no import cycle with the method files that use `register_reducer`.
-    from . import crossget, madtp, random_drop, smarttrim, tome  # noqa: F401
+    from . import crossget, fastv, madtp, random_drop, smarttrim, textguided, tome, visionzip  # noqa: F401
 
 
-def reducer_names() -> list[str]:
+def reducer_names(architecture: str | None = None) -> list[str]:
+    """Registered method names; with `architecture` ("blip", "llava"), only the methods built for it."""
     _load_builtin_reducers()
-    return sorted(REDUCERS)
+    return sorted(name for name, cls in REDUCERS.items() if architecture is None or architecture in cls.architectures)
 
 
 def get_reducer_class(name: str) -> type:

@@ -56,6 +56,8 @@ class SmartTrimReducer(TokenReducer):
             attention projections: about 1/3 in a ViT or BERT layer; the MLP is the rest).
     """
 
+    architectures = ("blip",)  # guided by a text encoder
+
     default_options = {"trim_heads": True, "trimmer_ratio": 0.125, "initial_keep_logit": 3.0,
                        "gumbel_temperature": 1.0, "noise": False, "cost_weight": 2.0, "attention_share": 1 / 3}
     needs_training = True

@@ -30,10 +30,18 @@ class BlipPrunedConfig(BlipConfig):
         if not isinstance(pruning, PruningConfig):
             pruning = PruningConfig.from_dict(dict(pruning or {}))
         super().__post_init__(**kwargs)
-        pruning.validate_for_model(self.vision_config.num_hidden_layers, self.text_config.num_hidden_layers)
+        pruning.validate_for_architecture("blip")
+        pruning.with_token_count(self.num_patches).validate_for_model(
+            self.vision_config.num_hidden_layers, self.text_config.num_hidden_layers
+        )
         self.pruning = pruning.to_dict()
 
     @property
+    def num_patches(self) -> int:
+        """Vision tokens per image besides [CLS]."""
+        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+
+    @property
     def pruning_config(self) -> PruningConfig:
-        """The validated [`PruningConfig`] stored in `pruning`."""
-        return PruningConfig.from_dict(self.pruning)
+        """The validated [`PruningConfig`] stored in `pruning` (`vision_tokens` turned into `vision_keep`)."""
+        return PruningConfig.from_dict(self.pruning).with_token_count(self.num_patches)

@@ -8,7 +8,6 @@ decoders (captioning, VQA answers) stay the stock eager modules.
 
 
 import copy
-import os
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,6 @@ from transformers import (
     BlipForQuestionAnswering,
     BlipModel,
 )
-from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.models.blip.modeling_blip import (
     BlipForConditionalGenerationModelOutput,
@@ -40,8 +38,8 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from ...config import PruningConfig
-from ...hub import PrunedModelHubMixin
-from ...reduce import TokenReducer, TokenState, attention_bias
+from ...reduce import TokenState, attention_bias
+from ..pruned_model import PrunedInitMixin, PrunedModelMixin
 from .configuration_blip_pruned import BlipPrunedConfig
 from .layers_blip_pruned import PrunedBlipTextEncoder, PrunedBlipVisionEncoder
 
@@ -64,18 +62,7 @@ class BlipPrunedEncoderOutput(BaseModelOutputWithPoolingAndCrossAttentions):
         return attention_bias(self.token_size if proportional else None, self.token_mask, dtype)
 
 
-class _PrunedInitMixin:
-    """Initialises the reducers' own parameters when they are missing from a checkpoint (e.g. a stock one)."""
-
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, TokenReducer):
-            for name, param in module.named_parameters(recurse=False):
-                std = module.init_std.get(name, 0.0)
-                init.zeros_(param) if std == 0.0 else init.normal_(param, std=std)
-
-
-class BlipPrunedVisionModel(_PrunedInitMixin, BlipVisionModel):
+class BlipPrunedVisionModel(PrunedInitMixin, BlipVisionModel):
     """BLIP's ViT with a token reducer between self-attention and MLP of its reducing layers."""
 
     _supports_sdpa = True
@@ -113,7 +100,7 @@ def _as_key_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor 
     return None if bool(mask.all()) else attention_bias(None, mask, dtype)
 
 
-class BlipPrunedTextModel(_PrunedInitMixin, BlipTextModel):
+class BlipPrunedTextModel(PrunedInitMixin, BlipTextModel):
     """BLIP's text encoder (bidirectional, optionally cross-attending to image tokens) with a token reducer.
 
     `encoder_attention_mask` accepts the stock 2-D 0/1 mask or a 4-D additive bias such as
@@ -184,38 +171,8 @@ def _pruned_encoder_configs(config: BlipPrunedConfig):
     return vision, text
 
 
-class _BlipPrunedMixin(PrunedModelHubMixin, _PrunedInitMixin):
-    """What every pruning-enabled BLIP head shares: the pruning settings and loading stock checkpoints."""
-
-    _supports_sdpa = True
-
-    @property
-    def pruning_config(self) -> PruningConfig:
-        return self.config.pruning_config
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, pruning_config=None, **kwargs):
-        """Load a pruned checkpoint, or a stock BLIP checkpoint with `pruning_config` (stock weights unchanged,
-        only the reducers' parameters newly initialised).
-
-        Args:
-            pruning_config ([`PruningConfig`] or `dict`, *optional*):
-                Replaces the checkpoint's pruning settings (required to prune a stock checkpoint; without it a stock
-                checkpoint loads with keep 1.0, i.e. unpruned).
-        """
-        if pruning_config is not None:
-            if kwargs.get("config") is not None:
-                raise ValueError("Pass either `config` or `pruning_config` to from_pretrained, not both.")
-            config_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only")
-                             if k in kwargs}
-            config = BlipPrunedConfig.from_pretrained(
-                pretrained_model_name_or_path, pruning=_pruning_dict(pruning_config), **config_kwargs
-            )
-            if config.base_model_name_or_path is None:  # a stock checkpoint: remember where it came from
-                config.base_model_name_or_path = os.fspath(pretrained_model_name_or_path)
-            kwargs["config"] = config
-            kwargs.update(config_kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+class _BlipPrunedMixin(PrunedModelMixin):
+    """What every pruning-enabled BLIP head shares: the image tokens' attention bias."""
 
     def _image_bias(self, vision_outputs: BlipPrunedEncoderOutput, dtype: torch.dtype) -> torch.Tensor | None:
         return vision_outputs.attention_bias(dtype, self.pruning_config.proportional_attention)
@@ -252,12 +209,6 @@ def _share_reducer_parts(vision_model: BlipPrunedVisionModel, text_model: BlipPr
     vision, text = vision_model.encoder.reducer, text_model.encoder.reducer
     if vision is not None and text is not None:
         text.share_with(vision)
-
-
-def _pruning_dict(pruning_config) -> dict:
-    if isinstance(pruning_config, PruningConfig):
-        return pruning_config.to_dict()
-    return PruningConfig.from_dict(dict(pruning_config)).to_dict()
 
 
 class BlipPrunedModel(_BlipPrunedMixin, BlipModel):
