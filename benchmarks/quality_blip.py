@@ -4,7 +4,7 @@
     python benchmarks/quality_blip.py --preset small           # GPU
 
 Uses (or trains once and caches) the preset's base model, scores the validation split and writes `quality.json`,
-`quality.md` and `quality.png` to `--out`. Methods not implemented yet are listed as missing. The report says
+`quality.md` and `quality.png` to `--out`. The report says
 whether the unpruned model beats `random` at keep 0.25 by >= 5 points (else the task cannot judge methods).
 """
 

@@ -16,13 +16,17 @@ def _pruning_from_args(args) -> PruningConfig:
         options = json.loads(args.method_options) if args.method_options else {}
     except json.JSONDecodeError as error:
         raise ValueError(f"--method-options must be a JSON object: {error}") from None
-    return PruningConfig(method=args.method, vision_keep=args.vision_keep, text_keep=args.text_keep,
+    vision_tokens = getattr(args, "vision_tokens", None)
+    vision_keep = args.vision_keep if args.vision_keep is not None else (1.0 if vision_tokens else 0.5)
+    return PruningConfig(method=args.method, vision_keep=vision_keep, text_keep=args.text_keep,
+                         vision_tokens=vision_tokens, token_positions=getattr(args, "token_positions", "original"),
                          method_options=options)
 
 
 def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="tome", choices=reducer_names())
-    parser.add_argument("--vision-keep", type=float, default=0.5, help="fraction of vision tokens left, in (0, 1]")
+    parser.add_argument("--vision-keep", type=float, default=None,
+                        help="fraction of vision tokens left, in (0, 1] (default 0.5 unless --vision-tokens)")
     parser.add_argument("--text-keep", type=float, default=1.0, help="fraction of text tokens left, in (0, 1]")
     parser.add_argument("--method-options", default=None, help="JSON object of method options")
 
@@ -112,18 +116,19 @@ def cmd_bench(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    """Stock BLIP checkpoint (Hub id or folder) -> pruning-enabled checkpoint folder."""
+    """Stock BLIP or LLaVA checkpoint (Hub id or folder) -> pruning-enabled checkpoint folder."""
     from transformers import AutoConfig
 
-    from .auto import PRUNED_ARCHITECTURES
+    from .auto import PRUNED_CLASSES
 
     config = AutoConfig.from_pretrained(args.checkpoint)
     architecture = (config.architectures or ["BlipForImageTextRetrieval"])[0]
-    pruned_name = architecture.replace("Blip", "BlipPruned", 1)
-    if pruned_name not in PRUNED_ARCHITECTURES:
-        raise ValueError(f"{args.checkpoint} is a {architecture}; supported: "
-                         f"{sorted(n.replace('BlipPruned', 'Blip', 1) for n in PRUNED_ARCHITECTURES)}")
-    model = PRUNED_ARCHITECTURES[pruned_name].from_pretrained(args.checkpoint, pruning_config=_pruning_from_args(args))
+    pruned_classes = {stock.__name__: pruned for stock, pruned in PRUNED_CLASSES.items()}
+    if architecture not in pruned_classes:
+        raise ValueError(f"{args.checkpoint} is a {architecture}; supported: {sorted(pruned_classes)}")
+    pruned_class = pruned_classes[architecture]
+    pruned_name = pruned_class.__name__
+    model = pruned_class.from_pretrained(args.checkpoint, pruning_config=_pruning_from_args(args))
     model.save_pretrained(args.output)
     try:
         from transformers import AutoProcessor
@@ -191,9 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
 
     convert = command("convert", cmd_convert)
-    convert.add_argument("checkpoint", help="stock BLIP checkpoint: Hub id or local folder")
+    convert.add_argument("checkpoint", help="stock BLIP or LLaVA checkpoint: Hub id or local folder")
     convert.add_argument("output", type=Path, help="folder for the pruned checkpoint")
     _add_pruning_arguments(convert)
+    convert.add_argument("--vision-tokens", type=int, default=None,
+                         help="LLaVA: visual tokens per image the language model keeps (instead of --vision-keep)")
+    convert.add_argument("--token-positions", choices=["original", "compact"], default="original",
+                         help="LLaVA: position ids of the kept tokens")
 
     push = command("push", cmd_push)
     push.add_argument("folder", help="a pruned checkpoint folder (from convert, save_pretrained or training)")

@@ -183,7 +183,7 @@ def _is_hub_id(name: str | None) -> bool:
 
 def _summary(architecture, pruning, reducer, base_model) -> str:
     source = f"[`{base_model}`](https://huggingface.co/{base_model})" if _is_hub_id(base_model) else (
-        f"`{base_model}`" if base_model else "a BLIP checkpoint")
+        f"`{base_model}`" if base_model else "a stock checkpoint")
     kept = [f"{name} tokens to {keep:.0%}" for name, keep in (("vision", pruning.vision_keep),
                                                                ("text", pruning.text_keep)) if keep < 1.0]
     what = " and ".join(kept) if kept else "nothing (keep 1.0: the stock computation)"
@@ -196,19 +196,30 @@ def _summary(architecture, pruning, reducer, base_model) -> str:
 
 def _pruning_rows(pruning, reducer, config) -> list[tuple[str, str]]:
     rows = [("method", f"`{pruning.method}`" + (f": {reducer.paper}" if reducer.paper else ""))]
-    for modality in ("vision", "text"):
+    per_image = getattr(config, "tokens_per_image", None)  # LLaVA
+    for modality in ("vision", "text") if per_image is None else ("vision",):
         keep = getattr(pruning, f"{modality}_keep")
-        layers = pruning.reducing_layers(modality, _depth(config, modality)) if keep < 1.0 else []
-        where = f", reduced in layers {', '.join(map(str, layers))}" if layers else ""
-        rows.append((f"{modality} tokens kept", f"{keep:.0%}{where}"))
+        kept = f"{keep:.0%}" + (f" ({round(keep * per_image)} of {per_image} per image)" if per_image else "")
+        rows.append((f"{modality} tokens kept", kept + _where(pruning, reducer, config, modality)))
     rows.append(("proportional attention", "yes" if pruning.proportional_attention else "no"))
     if pruning.method_options:
         rows.append(("method options", ", ".join(f"`{k}={v}`" for k, v in sorted(pruning.method_options.items()))))
     return rows
 
 
-def _depth(config, modality: str) -> int:
-    return getattr(config, f"{modality}_config").num_hidden_layers
+def _where(pruning, reducer, config, modality: str) -> str:
+    """Where the tokens are removed, for the card's table."""
+    if getattr(pruning, f"{modality}_keep") == 1.0:
+        return ""
+    if reducer.location == "before_language_model":
+        return ", between the vision tower and the language model"
+    sub_config = config.text_config if reducer.location == "language_model" else getattr(config, f"{modality}_config")
+    depth = sub_config.num_hidden_layers
+    if reducer.location == "encoder" and modality == "vision":
+        depth = getattr(config, "vision_layers_run", depth)  # LLaVA runs its tower only as deep as it reads it
+    layers = ", ".join(map(str, pruning.reducing_layers(modality, depth)))
+    return f", dropped at language-model layers {layers}" if reducer.location == "language_model" else \
+        f", reduced in layers {layers}"
 
 
 def _result_rows(results: PruningResults) -> list[tuple[str, str, str, str]]:

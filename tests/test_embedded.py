@@ -126,3 +126,20 @@ def test_metrics_on_hand_made_cases():
     assert module.compute(predictions=["Red."], references=["red"]) == {"vqa_exact_match": 1.0}
     module = evaluate.load(metrics.metric_path("itm_accuracy"))
     assert module.compute(predictions=[1, 0], references=[1, 1]) == {"itm_accuracy": 0.5}
+
+
+def test_tiny_llava_trains_and_every_method_is_scored(cache, tmp_path):
+    """The LLaVA quality benchmark end to end on `micro`: train (4 steps), then each method at one budget."""
+    import runpy
+    from pathlib import Path
+
+    quality_llava = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "quality_llava.py"))
+    quality_llava["main"](["--preset", "micro", "--budgets", "8", "--max-examples", "16", "--out", str(tmp_path)])
+    assert (cache / "models" / "llava-vqa-micro-seed0" / "metrics.json").is_file()  # trained once, cached
+    rows = json.loads((tmp_path / "quality_llava.json").read_text())["rows"]
+    assert [(r["method"], r["visual_tokens"]) for r in rows] == [("unpruned", 16)] + [
+        (m, 8) for m in ("visionzip", "textguided", "fastv", "pdrop", "tome", "random")]
+    assert all(0.0 <= r["vqa_accuracy"] <= 100.0 for r in rows)
+    unpruned = rows[0]["gflops"]
+    assert all(r["gflops"] < unpruned for r in rows[1:])
+    assert "| textguided | 8 |" in (tmp_path / "quality_llava.md").read_text()

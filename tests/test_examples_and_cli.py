@@ -53,3 +53,37 @@ def test_finetune_example_trains_and_writes_a_card_with_numbers(tmp_path, monkey
     card = (output / "README.md").read_text()
     assert "| `itm_accuracy` |" in card and "| GFLOPs per sample |" in card
     assert (output / "tokenizer.json").is_file() or (output / "tokenizer_config.json").is_file()
+
+
+def test_cli_convert_turns_a_stock_llava_into_a_pruned_one(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from .llava_setup import tiny_llava
+
+    tiny_llava().save_pretrained(tmp_path / "stock")
+    assert main(["convert", str(tmp_path / "stock"), str(tmp_path / "pruned"), "--method", "visionzip",
+                 "--vision-tokens", "6", "--token-positions", "compact"]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "pruned")
+    assert type(model).__name__ == "LlavaPrunedForConditionalGeneration"
+    assert model.config.pruning["vision_tokens"] == 6 and model.config.pruning["token_positions"] == "compact"
+
+
+def test_llava_speed_benchmark_writes_its_table(tmp_path):
+    import json
+
+    speed_llava = runpy.run_path(str(ROOT / "benchmarks" / "speed_llava.py"))
+    speed_llava["main"](["--shape", "tiny", "--budgets", "8", "--methods", "visionzip", "fastv", "--batch-sizes",
+                         "2", "--repeats", "1", "--decode-tokens", "1", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "speed_llava.json").read_text())["rows"]
+    assert [(r["method"], r["visual_tokens"]) for r in rows] == [("stock", 64), ("ideal", 8), ("visionzip", 8),
+                                                                 ("fastv", 8)]
+    stock, ideal, visionzip, fastv = (r["gflops_per_sample"] for r in rows)
+    assert ideal < stock and visionzip < stock and fastv < stock
+    assert visionzip < fastv  # fastv runs its first layers on every visual token
+    assert "| visionzip | 8 | 2 |" in (tmp_path / "speed_llava.md").read_text()
+
+
+def test_llava_quickstart_example_runs(capsys):
+    runpy.run_path(str(ROOT / "examples" / "llava_quickstart.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "reloaded: LlavaPrunedForConditionalGeneration visionzip 16" in out

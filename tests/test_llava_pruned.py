@@ -207,7 +207,9 @@ def test_save_and_load_with_auto_classes(stock, tmp_path):
         assert torch.equal(reloaded(input_ids=ids, attention_mask=mask, pixel_values=images).logits, expected)
     base = AutoModel.from_pretrained(tmp_path / "pruned")
     assert isinstance(base, LlavaPrunedModel)
-    assert "image-text-to-text" in (tmp_path / "pruned" / "README.md").read_text()
+    card = (tmp_path / "pruned" / "README.md").read_text()
+    assert "image-text-to-text" in card
+    assert "| vision tokens kept | 50% (8 of 16 per image), reduced in layers 0, 1 |" in card
 
 
 def test_lora_trains_saves_and_loads(stock, tmp_path):
@@ -273,3 +275,29 @@ def test_blip_rejects_llava_methods():
 
     with pytest.raises(ValueError, match="PruningConfig.method='fastv'"):
         BlipPrunedConfig(**tiny_blip_config(), pruning=dict(method="fastv", vision_keep=0.5))
+
+
+@pytest.mark.parametrize("name", ["visionzip", "textguided", "fastv"])
+def test_beam_search_matches_each_prompt_alone_and_runs_without_cache(stock, name):
+    model = pruned(stock, name)
+    ids, mask = padded_batch("left")
+    beams = dict(num_beams=3, max_new_tokens=5, do_sample=False)
+    batched = model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pixels()), **beams)
+    assert torch.equal(batched, model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pixels()),
+                                               use_cache=False, **beams))
+    for row, (ids_alone, pix) in enumerate(zip(PROMPTS, pixels())):
+        single = model.generate(input_ids=torch.tensor([ids_alone]), pixel_values=pix, **beams)
+        assert torch.equal(batched[row, ids.shape[1]:], single[0, len(ids_alone):])
+
+
+@pytest.mark.parametrize("name", ["tome", "visionzip", "textguided", "fastv", "pdrop"])
+def test_keep_ratio_warm_up_starts_from_the_stock_model(stock, name):
+    """`KeepRatioScheduler` sets progress 0 at the start of training: every visual token is kept."""
+    model = pruned(stock, name)
+    model.model.reducer.progress = 0.0
+    ids, mask = padded_batch("left")
+    images = torch.cat(pixels())
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=images)
+    assert out.logits.shape[1] == ids.shape[1]
+    torch.testing.assert_close(out.logits, stock(input_ids=ids, attention_mask=mask, pixel_values=images).logits,
+                               atol=1e-5, rtol=1e-5)

@@ -30,6 +30,8 @@ class DropPass:
         filled by the prefill, read by decoding steps.
     visual, guide, num_visual: prefill only: `[B, P]` visual tokens, `[B]` the last prompt token, `[B]` visual
         token count per sample.
+    current, pending, views: while the pass runs: the tokens flowing now, the choice the next stage applies, and
+        each stage's attention mask and rotary embeddings (built once per stage).
     """
 
     key_mask: torch.Tensor
@@ -92,16 +94,24 @@ def attention_view(query_index: torch.Tensor, key_index: torch.Tensor, key_valid
 class LanguageModelDropper:
     """Installs the pre-hooks on `layers` for `reducer`'s stages; they act only inside `active(...)`."""
 
-    def __init__(self, layers: nn.ModuleList, reducer: FastVReducer, implementation: str):
+    def __init__(self, layers: nn.ModuleList, reducer: FastVReducer, text_config):
         self.reducer = reducer
-        self.implementation = implementation
+        self.text_config = text_config  # its attention implementation decides the mask format
         self.stage_layers = sorted(reducer.schedule)
         self.run: DropPass | None = None
         for layer_idx in range(self.stage_layers[0] - 1, len(layers)):
             layers[layer_idx].register_forward_pre_hook(self._hook(layer_idx), with_kwargs=True)
 
+    @property
+    def implementation(self) -> str:
+        return self.text_config._attn_implementation
+
     @contextmanager
     def active(self, run: DropPass):
+        if self.implementation not in ("sdpa", "eager"):
+            raise ValueError(f"Method {self.reducer.method_name!r} drops tokens inside the language model with 4-D "
+                             f"attention masks: attn_implementation must be 'sdpa' or 'eager', got "
+                             f"{self.implementation!r}.")
         self.run = run
         try:
             yield run
@@ -161,10 +171,7 @@ class LanguageModelDropper:
         guide = (current.index == run.guide[:, None]).int().argmax(dim=1)
         allowed = current.valid & run.key_mask.gather(1, current.index) & \
             (current.index <= run.guide[:, None])
-        cos, sin = position_embeddings
-        if cos.shape[1] != length:  # the layer before the first stage still sees every prompt token
-            cos, sin = current.gather(cos.expand(batch, -1, -1)), current.gather(sin.expand(batch, -1, -1))
-        scores = last_token_attention(layer, hidden, (cos, sin), guide, allowed)
+        scores = last_token_attention(layer, hidden, position_embeddings, guide, allowed)
         visual = run.visual.gather(1, current.index) & current.valid
         keep = top_visual_tokens(scores, visual, self.reducer.tokens_kept(stage_layer, run.num_visual))
         return kept_tokens(keep & current.valid, pads_left(run.key_mask))

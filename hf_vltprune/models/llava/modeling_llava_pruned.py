@@ -44,6 +44,20 @@ class LlavaPrunedImageFeatures(BaseModelOutputWithPooling):
     patch_keys: torch.Tensor | None = None
     dominance: torch.Tensor | None = None
 
+    def select_images(self, order: list[int]) -> "LlavaPrunedImageFeatures":
+        """These features for the images `order` lists (repeats allowed), in that order."""
+        index = torch.tensor(order, dtype=torch.long, device=self.last_hidden_state.device)
+
+        def pick(value):
+            if value is None:
+                return None
+            return [value[i] for i in order] if isinstance(value, list) else value.index_select(0, index)
+
+        return LlavaPrunedImageFeatures(last_hidden_state=pick(self.last_hidden_state),
+                                        pooler_output=pick(self.pooler_output), anchors=pick(self.anchors),
+                                        patch_features=pick(self.patch_features), patch_keys=pick(self.patch_keys),
+                                        dominance=pick(self.dominance))
+
 
 @dataclass
 class LlavaPrunedModelOutput(LlavaModelOutputWithPast):
@@ -94,8 +108,7 @@ class LlavaPrunedModel(PrunedModelMixin, LlavaModel):
         self.reducer = build_llava_reducer(config)
         self.dropper = None
         if self.reducer is not None and self.reducer.location == "language_model":
-            implementation = config.text_config._attn_implementation
-            self.dropper = LanguageModelDropper(self.language_model.layers, self.reducer, implementation)
+            self.dropper = LanguageModelDropper(self.language_model.layers, self.reducer, self.language_model.config)
         self.post_init()
 
     def _active_reducer(self, location: str) -> TokenReducer | None:
@@ -174,6 +187,8 @@ class LlavaPrunedModel(PrunedModelMixin, LlavaModel):
         batch, length = is_image.shape
         end = torch.full((batch,), length, device=is_image.device) if prompt_length is None else \
             torch.as_tensor(prompt_length, device=is_image.device).expand(batch)
+        # Only the prompt holds images: a generated token that happens to be the image token is text.
+        is_image &= torch.arange(length, device=is_image.device) < end[:, None]
         key_mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(is_image)
         if image is not None and getattr(image, "patch_features", None) is not None:
             image = self._select_by_prompt(image, inputs_embeds, is_image, key_mask, end)
@@ -323,6 +338,20 @@ class LlavaPrunedForConditionalGeneration(PrunedModelMixin, LlavaForConditionalG
                                          hidden_states=outputs.hidden_states, attentions=outputs.attentions,
                                          image_hidden_states=outputs.image_hidden_states,
                                          kept_tokens=outputs.kept_tokens)
+
+    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
+        """Beams / several sequences per prompt: repeat each prompt's images (transformers >= 5.2x pre-encodes images
+        and matches them to prompts by token counts, which reduced images no longer have)."""
+        image = mm_encoder_output.get("image")
+        if not isinstance(image, LlavaPrunedImageFeatures):
+            return super()._expand_multimodal_outputs(input_ids, mm_encoder_output, expand_size=expand_size,
+                                                      inputs_embeds=inputs_embeds)
+        placeholders = self.model._image_placeholders(input_ids if input_ids is not None and input_ids.numel() else
+                                                      None, inputs_embeds)
+        counts = (placeholders.sum(dim=1) // self.config.tokens_per_image).tolist()
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        order = [start + j for start, count in zip(starts, counts) for _ in range(expand_size) for j in range(count)]
+        return {**mm_encoder_output, "image": image.select_images(order)}
 
     def generate(self, inputs=None, **kwargs):
         """As the stock `generate()`; the visual tokens are reduced once, in the prefill, guided by the prompt only.
