@@ -83,13 +83,17 @@ def train_base_model(preset: Preset | str, output_dir: str | Path, task: str = "
     trainer.train()
     evaluate = evaluate_itm if task == "retrieval" else evaluate_vqa
     metrics = evaluate(model, data["validation"], processor)
+    save_trained(output_dir, model, processor, trainer, metrics, preset=preset.to_dict(), task=task, seed=seed)
+    return metrics
+
+
+def save_trained(output_dir: Path, model, processor, trainer, metrics: dict, **record) -> None:
+    """Model, processor and `metrics.json` (validation metrics, training log, `record`) into `output_dir`."""
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    record = dict(preset=preset.to_dict(), task=task, seed=seed, validation=metrics,
-                  log_history=trainer.state.log_history)
+    record.update(validation=metrics, log_history=trainer.state.log_history)
     (output_dir / "metrics.json").write_text(json.dumps(record, indent=2))
-    return metrics
 
 
 def train_retrieval_model(preset: Preset | str, output_dir: str | Path, seed: int = 0, max_steps: int | None = None,

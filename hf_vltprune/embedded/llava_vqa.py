@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from transformers import (
 )
 
 from ..data.processor import build_processor, dataset_corpus
-from ..metrics import vqa_exact_match
-from .base_models import _training_arguments, cache_dir, task_data
+from .base_models import _training_arguments, cache_dir, save_trained, task_data
 from .presets import Preset, get_preset
+from .vqa_training import vqa_accuracy_by_kind
 
 IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100
@@ -109,12 +108,8 @@ def train_llava(preset: Preset | str, output_dir: str | Path, seed: int = 0, max
                       data_collator=LlavaVqaCollator(processor, tokens, caption_share=caption_share, seed=seed))
     trainer.train()
     metrics = evaluate_llava_vqa(model, data["validation"], processor)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    record = dict(preset=preset.to_dict(), seed=seed, caption_share=caption_share, validation=metrics,
-                  log_history=trainer.state.log_history)
-    (output_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+    save_trained(output_dir, model, processor, trainer, metrics, preset=preset.to_dict(), seed=seed,
+                 caption_share=caption_share)
     return metrics
 
 
@@ -141,12 +136,7 @@ def evaluate_llava_vqa(model, dataset, processor, batch_size: int = 64, max_new_
         generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                    eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
         answers += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    references, kinds = list(dataset["answer"]), list(dataset["question_kind"])
-    result = {"vqa_exact_match": vqa_exact_match(answers, references)}
-    for kind in sorted(set(kinds)):
-        pairs = [(a, r) for a, r, k in zip(answers, references, kinds) if k == kind]
-        result[f"vqa_exact_match_{kind}"] = vqa_exact_match(*zip(*pairs))
-    return result
+    return vqa_accuracy_by_kind(answers, dataset)
 
 
 LLAVA_METHODS = ("visionzip", "textguided", "fastv", "pdrop", "tome", "random")

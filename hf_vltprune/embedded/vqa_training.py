@@ -46,6 +46,11 @@ def evaluate_vqa(model, dataset, processor, batch_size: int = 64, max_new_tokens
     for batch in tqdm(loader, desc="answering", disable=not progress):
         generated = model.generate(**{k: v.to(device) for k, v in batch.items()}, max_new_tokens=max_new_tokens)
         answers += processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
+    return vqa_accuracy_by_kind(answers, dataset)
+
+
+def vqa_accuracy_by_kind(answers: list[str], dataset) -> dict[str, float]:
+    """Exact match of `answers` against the split's answers, overall and per question kind."""
     references, kinds = list(dataset["answer"]), list(dataset["question_kind"])
     result = {"vqa_exact_match": vqa_exact_match(answers, references)}
     for kind in sorted(set(kinds)):
