@@ -301,3 +301,36 @@ def test_keep_ratio_warm_up_starts_from_the_stock_model(stock, name):
     assert out.logits.shape[1] == ids.shape[1]
     torch.testing.assert_close(out.logits, stock(input_ids=ids, attention_mask=mask, pixel_values=images).logits,
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["visionzip", "fastv"])
+def test_pruning_trainer_warms_up_and_distils_from_the_unpruned_self(stock, name, tmp_path):
+    """PruningTrainer + KeepRatioScheduler + SelfDistillation on LLaVA: the teacher's logits are read at the
+    positions the student kept, and the distillation is 0 at the first step (progress 0: nothing removed yet)."""
+    from transformers import TrainingArguments
+
+    from hf_vltprune import KeepRatioScheduler, PruningTrainer, SelfDistillation
+
+    class Examples(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            ids = torch.tensor(PROMPTS[0] + [60 + index % 2, 61])
+            labels = torch.full_like(ids, -100)
+            labels[-2:] = ids[-2:]
+            return dict(input_ids=ids, labels=labels, attention_mask=torch.ones_like(ids),
+                        pixel_values=pixels(seed=index)[0][0])
+
+    model = pruned(stock, name).train()
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
+                             use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+                             remove_unused_columns=False, disable_tqdm=True)
+    trainer = PruningTrainer(model=model, args=args, train_dataset=Examples(),
+                             callbacks=[KeepRatioScheduler(warmup_steps=2), SelfDistillation(alpha=1.0)])
+    trainer.train()
+    kd = [entry["distillation_loss"] for entry in trainer.state.log_history if "distillation_loss" in entry]
+    assert len(kd) == 3 and abs(kd[0]) < 1e-6 and kd[-1] > 1e-6
+    assert model.model.reducer.progress == 1.0
+    flops = [entry["gflops"] for entry in trainer.state.log_history if "gflops" in entry]
+    assert flops[-1] < flops[0]  # the realised cost falls as the warm-up reaches the target

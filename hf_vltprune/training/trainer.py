@@ -97,7 +97,12 @@ class PruningTrainer(Trainer):
             if field is None:
                 raise ValueError(f"SelfDistillation.alpha > 0 needs logits, but {type(outputs).__name__} has none of "
                                  f"{list(LOGIT_FIELDS)}: set alpha=0 and distil hidden states (hidden_weight > 0).")
-            kd = distillation_loss(outputs[field], teacher_outputs[field], settings.temperature)
+            student_logits, teacher_logits = outputs[field], teacher_outputs[field]
+            kept = outputs.get("kept_tokens")
+            if kept is not None:  # LLaVA: the student's logits cover the tokens its language model kept
+                teacher_logits = kept.gather(teacher_logits)
+                student_logits, teacher_logits = student_logits[kept.valid], teacher_logits[kept.valid]
+            kd = distillation_loss(student_logits, teacher_logits, settings.temperature)
             loss = loss + settings.alpha * kd
             self._record("distillation_loss", kd)
         if settings.hidden_weight:
