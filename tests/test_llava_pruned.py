@@ -334,3 +334,24 @@ def test_pruning_trainer_warms_up_and_distils_from_the_unpruned_self(stock, name
     assert model.model.reducer.progress == 1.0
     flops = [entry["gflops"] for entry in trainer.state.log_history if "gflops" in entry]
     assert flops[-1] < flops[0]  # the realised cost falls as the warm-up reaches the target
+
+
+@pytest.mark.parametrize("name", ["fastv", "pdrop"])
+def test_eager_attention_gives_the_sdpa_results(name):
+    """In-LM dropping builds boolean masks for SDPA and additive ones for eager: same logits on real tokens."""
+    model = pruned(tiny_llava(), name)
+    ids, mask = padded_batch("left")
+    images = torch.cat(pixels())
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=images)
+    real = out.kept_tokens.gather(mask, fill=0).bool()
+    model.set_attn_implementation("eager")
+    eager = model(input_ids=ids, attention_mask=mask, pixel_values=images)
+    torch.testing.assert_close(eager.logits[real], out.logits[real], atol=1e-5, rtol=1e-5)
+    assert torch.equal(eager.kept_tokens.index, out.kept_tokens.index)
+
+
+def test_in_lm_dropping_refuses_attention_without_4d_masks(stock):
+    model = pruned(stock, "fastv")
+    model.model.language_model.config._attn_implementation = "flash_attention_2"  # as if loaded with it
+    with pytest.raises(ValueError, match="attn_implementation must be 'sdpa' or 'eager'"):
+        model(input_ids=torch.tensor([PROMPTS[0]]), pixel_values=pixels()[0])
