@@ -3,7 +3,7 @@ padded batches against single prompts, what each method selects, saving and load
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForImageTextToText
+from transformers import AutoModel, AutoModelForImageTextToText, GenerationMixin
 
 from hf_vltprune import (
     AutoPrunedModel,
@@ -277,15 +277,26 @@ def test_blip_rejects_llava_methods():
         BlipPrunedConfig(**tiny_blip_config(), pruning=dict(method="fastv", vision_keep=0.5))
 
 
+# transformers before 5.2x expands `pixel_values` per image, not per prompt, for beams (stock LLaVA as well), so
+# prompts with several images only beam-search correctly where `generate()` expands pre-encoded images per prompt.
+MULTI_IMAGE_BEAMS = hasattr(GenerationMixin, "_expand_multimodal_outputs")
+ONE_IMAGE_EACH = [PROMPTS[0], prompt([10, 11], "image", [40, 41, 42, 50, 51])]
+
+
 @pytest.mark.parametrize("name", ["visionzip", "textguided", "fastv"])
-def test_beam_search_matches_each_prompt_alone_and_runs_without_cache(stock, name):
+@pytest.mark.parametrize("prompts", ["one image each", "two images in one prompt"])
+def test_beam_search_matches_each_prompt_alone_and_runs_without_cache(stock, name, prompts):
+    if prompts == "two images in one prompt" and not MULTI_IMAGE_BEAMS:
+        pytest.skip("this transformers repeats images, not prompts, per beam")
+    prompts, images = (ONE_IMAGE_EACH, [pixels()[0], pixels()[1][:1]]) if prompts == "one image each" else \
+        (PROMPTS, pixels())
     model = pruned(stock, name)
-    ids, mask = padded_batch("left")
+    ids, mask = padded_batch("left", prompts)
     beams = dict(num_beams=3, max_new_tokens=5, do_sample=False)
-    batched = model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pixels()), **beams)
-    assert torch.equal(batched, model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pixels()),
+    batched = model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(images), **beams)
+    assert torch.equal(batched, model.generate(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(images),
                                                use_cache=False, **beams))
-    for row, (ids_alone, pix) in enumerate(zip(PROMPTS, pixels())):
+    for row, (ids_alone, pix) in enumerate(zip(prompts, images)):
         single = model.generate(input_ids=torch.tensor([ids_alone]), pixel_values=pix, **beams)
         assert torch.equal(batched[row, ids.shape[1]:], single[0, len(ids_alone):])
 
