@@ -32,8 +32,8 @@ def top_visual_tokens(scores: torch.Tensor, visual: torch.Tensor, keep: torch.Te
 
 @register_reducer("fastv")
 class FastVReducer(TokenReducer):
-    """After layer K (`vision_layers=[K]`, default 2) keep the visual tokens the last prompt token attended to most
-    in layer K-1 (head average); the rest are gone for every later layer and from their KV cache."""
+    """From layer K on (`vision_layers=[K]`, default 2) only the visual tokens the last prompt token attended to most
+    in layer K-1 (head average) remain; the rest are gone for layer K and every later one, and from their KV cache."""
 
     location = "language_model"
     architectures = ("llava",)
