@@ -212,28 +212,30 @@ def test_save_and_load_with_auto_classes(stock, tmp_path):
     assert "| vision tokens kept | 50% (8 of 16 per image), reduced in layers 0, 1 |" in card
 
 
+class AnswerExamples(torch.utils.data.Dataset):
+    """Eight training examples: the first prompt with a two-token answer (the only labelled tokens)."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        ids = torch.tensor(PROMPTS[0] + [60 + index % 2, 61])
+        labels = torch.full_like(ids, -100)
+        labels[-2:] = ids[-2:]
+        return dict(input_ids=ids, labels=labels, attention_mask=torch.ones_like(ids),
+                    pixel_values=pixels(seed=index)[0][0])
+
+
 def test_lora_trains_saves_and_loads(stock, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
-    from torch.utils.data import Dataset
     from transformers import Trainer, TrainingArguments
-
-    class Examples(Dataset):
-        def __len__(self):
-            return 8
-
-        def __getitem__(self, index):
-            ids = torch.tensor(PROMPTS[0] + [60 + index % 2, 61])
-            labels = torch.full_like(ids, -100)
-            labels[-2:] = ids[-2:]
-            return dict(input_ids=ids, labels=labels, attention_mask=torch.ones_like(ids),
-                        pixel_values=pixels(seed=index)[0][0])
 
     model = get_peft_model(pruned(stock, "fastv"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
     args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=3,
                              learning_rate=1e-2, use_cpu=True, report_to=[], save_strategy="no",
                              remove_unused_columns=False)
-    Trainer(model=model, args=args, train_dataset=Examples()).train()
+    Trainer(model=model, args=args, train_dataset=AnswerExamples()).train()
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
     ids = torch.tensor([PROMPTS[0]])
     expected = model(input_ids=ids, pixel_values=pixels()[0]).logits
@@ -322,22 +324,11 @@ def test_pruning_trainer_warms_up_and_distils_from_the_unpruned_self(stock, name
 
     from hf_vltprune import KeepRatioScheduler, PruningTrainer, SelfDistillation
 
-    class Examples(torch.utils.data.Dataset):
-        def __len__(self):
-            return 8
-
-        def __getitem__(self, index):
-            ids = torch.tensor(PROMPTS[0] + [60 + index % 2, 61])
-            labels = torch.full_like(ids, -100)
-            labels[-2:] = ids[-2:]
-            return dict(input_ids=ids, labels=labels, attention_mask=torch.ones_like(ids),
-                        pixel_values=pixels(seed=index)[0][0])
-
     model = pruned(stock, name).train()
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
                              use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
                              remove_unused_columns=False, disable_tqdm=True)
-    trainer = PruningTrainer(model=model, args=args, train_dataset=Examples(),
+    trainer = PruningTrainer(model=model, args=args, train_dataset=AnswerExamples(),
                              callbacks=[KeepRatioScheduler(warmup_steps=2), SelfDistillation(alpha=1.0)])
     trainer.train()
     kd = [entry["distillation_loss"] for entry in trainer.state.log_history if "distillation_loss" in entry]
