@@ -29,6 +29,9 @@ class BlipPrunedConfig(BlipConfig):
         pruning = self.pruning
         if not isinstance(pruning, PruningConfig):
             pruning = PruningConfig.from_dict(dict(pruning or {}))
+        # Loading a stock checkpoint passes its model type along ("blip", "llava"); this config is the pruned type,
+        # which is also what transformers' weight renaming is looked up by.
+        kwargs.pop("model_type", None)
         super().__post_init__(**kwargs)
         pruning.validate_for_architecture("blip")
         pruning.with_token_count(self.num_patches).validate_for_model(

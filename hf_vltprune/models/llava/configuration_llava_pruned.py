@@ -36,6 +36,9 @@ class LlavaPrunedConfig(LlavaConfig):
         pruning = self.pruning
         if not isinstance(pruning, PruningConfig):
             pruning = PruningConfig.from_dict(dict(pruning or {}))
+        # Loading a stock checkpoint passes its model type along ("blip", "llava"); this config is the pruned type,
+        # which is also what transformers' weight renaming is looked up by.
+        kwargs.pop("model_type", None)
         super().__post_init__(**kwargs)
         self._validate_pruning(pruning)
         self.pruning = pruning.to_dict()
