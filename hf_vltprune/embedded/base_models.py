@@ -102,13 +102,19 @@ def train_retrieval_model(preset: Preset | str, output_dir: str | Path, seed: in
     return train_base_model(preset, output_dir, "retrieval", seed, max_steps, report_to)
 
 
+def cached_model_dir(kind: str, preset: Preset | str, seed: int, train) -> Path:
+    """Folder of a cached `kind` model of a preset: `train(preset, folder, seed=seed)` on first use, reused
+    afterwards (a folder counts once training wrote its `metrics.json`)."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    folder = cache_dir() / "models" / f"{kind}-{preset.name}-seed{seed}"
+    if not (folder / "metrics.json").exists():
+        train(preset, folder, seed=seed)
+    return folder
+
+
 def base_model_dir(preset: Preset | str, seed: int = 0) -> Path:
     """Folder of the cached base model of a preset: trained on first use, reused afterwards."""
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    folder = cache_dir() / "models" / f"blip-itm-{preset.name}-seed{seed}"
-    if not (folder / "metrics.json").exists():
-        train_retrieval_model(preset, folder, seed=seed)
-    return folder
+    return cached_model_dir("blip-itm", preset, seed, train_retrieval_model)
 
 
 def load_base_model(preset: Preset | str, seed: int = 0) -> tuple[BlipForImageTextRetrieval, BlipProcessor]:

@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from ..data.processor import build_processor, dataset_corpus
-from .base_models import _training_arguments, cache_dir, save_trained, task_data
+from .base_models import _training_arguments, cached_model_dir, save_trained, task_data
 from .presets import Preset, get_preset
 from .vqa_training import vqa_accuracy_by_kind
 
@@ -115,11 +115,7 @@ def train_llava(preset: Preset | str, output_dir: str | Path, seed: int = 0, max
 
 def llava_model_dir(preset: Preset | str, seed: int = 0) -> Path:
     """Folder of the cached tiny LLaVA of a preset: trained on first use, reused afterwards."""
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    folder = cache_dir() / "models" / f"llava-vqa-{preset.name}-seed{seed}"
-    if not (folder / "metrics.json").exists():
-        train_llava(preset, folder, seed=seed)
-    return folder
+    return cached_model_dir("llava-vqa", preset, seed, train_llava)
 
 
 @torch.no_grad()

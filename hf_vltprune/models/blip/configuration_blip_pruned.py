@@ -5,9 +5,10 @@ from __future__ import annotations
 from transformers import BlipConfig
 
 from ...config import PruningConfig
+from ..pruned_config import PrunedConfigMixin
 
 
-class BlipPrunedConfig(BlipConfig):
+class BlipPrunedConfig(PrunedConfigMixin, BlipConfig):
     r"""Configuration of a pruning-enabled BLIP model.
 
     Everything a [`~transformers.BlipConfig`] holds, plus `pruning`: the [`PruningConfig`] as a dict, so that it is
@@ -25,19 +26,11 @@ class BlipPrunedConfig(BlipConfig):
     pruning: dict | PruningConfig | None = None
     base_model_name_or_path: str | None = None
 
-    def __post_init__(self, **kwargs):
-        pruning = self.pruning
-        if not isinstance(pruning, PruningConfig):
-            pruning = PruningConfig.from_dict(dict(pruning or {}))
-        # Loading a stock checkpoint passes its model type along ("blip", "llava"); this config is the pruned type,
-        # which is also what transformers' weight renaming is looked up by.
-        kwargs.pop("model_type", None)
-        super().__post_init__(**kwargs)
+    def _validate_pruning(self, pruning: PruningConfig) -> None:
         pruning.validate_for_architecture("blip")
         pruning.with_token_count(self.num_patches).validate_for_model(
             self.vision_config.num_hidden_layers, self.text_config.num_hidden_layers
         )
-        self.pruning = pruning.to_dict()
 
     @property
     def num_patches(self) -> int:

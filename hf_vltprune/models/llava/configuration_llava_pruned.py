@@ -6,13 +6,14 @@ from transformers import LlavaConfig
 
 from ...config import PruningConfig
 from ...reduce import get_reducer_class
+from ..pruned_config import PrunedConfigMixin
 
 
 def _fail(field_name: str, value, allowed: str) -> None:
     raise ValueError(f"PruningConfig.{field_name}={value!r} is invalid for this LLaVA model: allowed {allowed}.")
 
 
-class LlavaPrunedConfig(LlavaConfig):
+class LlavaPrunedConfig(PrunedConfigMixin, LlavaConfig):
     r"""Configuration of a pruning-enabled LLaVA model.
 
     Everything a [`~transformers.LlavaConfig`] holds, plus `pruning`: the [`PruningConfig`] as a dict, written to
@@ -31,17 +32,6 @@ class LlavaPrunedConfig(LlavaConfig):
 
     pruning: dict | PruningConfig | None = None
     base_model_name_or_path: str | None = None
-
-    def __post_init__(self, **kwargs):
-        pruning = self.pruning
-        if not isinstance(pruning, PruningConfig):
-            pruning = PruningConfig.from_dict(dict(pruning or {}))
-        # Loading a stock checkpoint passes its model type along ("blip", "llava"); this config is the pruned type,
-        # which is also what transformers' weight renaming is looked up by.
-        kwargs.pop("model_type", None)
-        super().__post_init__(**kwargs)
-        self._validate_pruning(pruning)
-        self.pruning = pruning.to_dict()
 
     @property
     def tokens_per_image(self) -> int:

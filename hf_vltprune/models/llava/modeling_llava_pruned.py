@@ -16,6 +16,7 @@ from transformers import LlavaForConditionalGeneration, LlavaModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 
+from ...config import PruningConfig
 from ...reduce import TokenReducer, get_reducer_class
 from ..pruned_model import PrunedModelMixin
 from .configuration_llava_pruned import LlavaPrunedConfig
@@ -83,8 +84,7 @@ class PromptState:
     dropped: DropPass | None = None
 
 
-def build_llava_reducer(config: LlavaPrunedConfig) -> TokenReducer | None:
-    pruning = config.pruning_config
+def build_llava_reducer(config: LlavaPrunedConfig, pruning: PruningConfig) -> TokenReducer | None:
     if not pruning.reduces("vision"):
         return None
     reducer_class = get_reducer_class(pruning.method)
@@ -105,7 +105,8 @@ class LlavaPrunedModel(PrunedModelMixin, LlavaModel):
 
     def __init__(self, config: LlavaPrunedConfig):
         super().__init__(config)
-        self.reducer = build_llava_reducer(config)
+        self.pruning = config.pruning_config  # parsed and validated once, not in every forward
+        self.reducer = build_llava_reducer(config, self.pruning)
         self.dropper = None
         if self.reducer is not None and self.reducer.location == "language_model":
             self.dropper = LanguageModelDropper(self.language_model.layers, self.reducer, self.language_model.config)
@@ -130,7 +131,7 @@ class LlavaPrunedModel(PrunedModelMixin, LlavaModel):
         depth = self.config.vision_config.num_hidden_layers
         layers = [index % (depth + 1) for index in (layer if isinstance(layer, list) else [layer])]
         states = run_vision_tower(self.vision_tower, pixel_values, max(layers), encoder_reducer,
-                                  self.config.pruning_config.proportional_attention)
+                                  self.pruning.proportional_attention)
         first = 1 if strategy == "default" else 0
         features = torch.cat([states[index][:, first:] for index in layers], dim=-1)
         if selector is None:
@@ -193,12 +194,11 @@ class LlavaPrunedModel(PrunedModelMixin, LlavaModel):
         if image is not None and getattr(image, "patch_features", None) is not None:
             image = self._select_by_prompt(image, inputs_embeds, is_image, key_mask, end)
 
-        pruning = self.config.pruning_config
         prompt = None
         if image is not None:
             prompt = reduce_prompt(inputs_embeds, is_image, image.pooler_output, getattr(image, "anchors", None),
                                    self.config.tokens_per_image, attention_mask, position_ids,
-                                   pruning.token_positions)
+                                   self.pruning.token_positions)
             inputs_embeds, attention_mask, position_ids = prompt.inputs_embeds, prompt.attention_mask, \
                 prompt.position_ids
             is_image, key_mask, end = prompt.kept.gather(is_image, fill=False), attention_mask.bool(), \

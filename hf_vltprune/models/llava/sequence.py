@@ -7,7 +7,7 @@ position ids. Rows that lose different numbers of tokens are re-padded on the si
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -77,7 +77,7 @@ class ReducedPrompt:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     # [B] what to subtract from the positions `generate()` counts for later tokens ("compact" positions).
-    position_offset: torch.Tensor = field(default=None)
+    position_offset: torch.Tensor
 
 
 def reduce_prompt(inputs_embeds: torch.Tensor, is_image: torch.Tensor, features: list[torch.Tensor],

@@ -56,13 +56,14 @@ def run_vision_tower(tower: nn.Module, pixel_values: torch.Tensor, layers_run: i
     states = [hidden]
     if reducer is not None:
         state = reducer.start(TokenState(hidden))
+    # Reducing layers attend through `attend` (SDPA or eager, with the size bias); other kernels fall back to SDPA.
     implementation = tower.config._attn_implementation
+    implementation = implementation if implementation in ("sdpa", "eager") else "sdpa"
     for layer_idx, layer in enumerate(tower.encoder.layers[:layers_run]):
         if reducer is None:
             hidden = layer(hidden, None)
         else:
             state = reducer.before_layer(layer_idx, state)
-            implementation = implementation if implementation in ("sdpa", "eager") else "sdpa"
             state = reducing_layer_forward(layer, state, reducer, layer_idx, implementation, proportional)
             hidden = state.drop_guides().hidden
         states.append(hidden)
