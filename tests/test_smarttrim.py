@@ -2,12 +2,15 @@
 
 import pytest
 import torch
+from transformers import BlipConfig, BlipForImageTextRetrieval
 
-from hf_vltprune import PruningConfig, pruning_disabled
+from hf_vltprune import BlipPrunedForImageTextRetrieval, PruningConfig, pruning_disabled
 from hf_vltprune.measure import count_tokens, measure
-from hf_vltprune.reduce import pruning_losses
+from hf_vltprune.reduce import LayerMetric, TokenState, pruning_losses
+from hf_vltprune.reduce.madtp import summary_attention
+from hf_vltprune.reduce.smarttrim import SmartTrimReducer
 
-from .conftest import make_inputs
+from .conftest import make_inputs, tiny_blip_config
 from .training_setup import minimise_pruning_losses, tiny_retrieval_model
 
 
@@ -46,7 +49,7 @@ def test_masked_training_and_compacted_inference_agree_on_tokens_heads_and_outpu
     assert masked_tokens == compacted_tokens
     assert compacted_tokens["vision_model"][-1] < compacted_tokens["vision_model"][0]
     inference_heads, training_heads = heads[0], heads[2]
-    assert torch.equal(inference_heads.weight, training_heads.weight)
+    assert torch.allclose(inference_heads.weight, training_heads.weight, atol=1e-6)  # straight-through: 1 + s - s
     assert inference_heads.active.numel() < model.config.vision_config.num_attention_heads or \
         not bool(inference_heads.weight.all()), "some heads are skipped"
     assert torch.allclose(masked, compacted, atol=1e-5)
@@ -104,7 +107,43 @@ def test_gradients_reach_every_trimmer_and_the_cost_loss_moves_compute_to_the_ta
     assert trimmed.gflops_vision < 0.92 * full.gflops_vision  # trims once the cost loss asks for it
 
 
+def test_the_attention_prior_starts_at_its_option_also_when_a_stock_checkpoint_is_converted(tmp_path):
+    BlipForImageTextRetrieval(BlipConfig(**tiny_blip_config())).save_pretrained(tmp_path)
+    pruning = PruningConfig(method="smarttrim", vision_keep=0.5, method_options={"attention_prior": 2.5})
+    converted = BlipPrunedForImageTextRetrieval.from_pretrained(tmp_path, pruning_config=pruning)
+    built = tiny_retrieval_model(method="smarttrim", method_options={"attention_prior": 2.5})
+    for model in (converted, built):
+        prior = model.vision_model.encoder.reducer.attention_prior
+        assert torch.equal(prior, torch.full_like(prior, 2.5))
+
+
+def test_the_attention_prior_drops_the_tokens_the_summary_token_attends_to_least():
+    torch.manual_seed(0)
+    options = SmartTrimReducer.resolve_options({"trim_heads": False, "attention_prior": 2.0})
+    reducer = SmartTrimReducer({0: 0.5}, hidden_size=16, num_layers=1, options=options, num_heads=2).eval()
+    with torch.no_grad():  # the MLP says nothing: only the prior and the +3 offset decide
+        reducer.token_trimmers["0"][2].weight.zero_()
+        reducer.token_trimmers["0"][2].bias.zero_()
+    hidden = torch.randn(3, 12, 16)
+    hidden[..., 0] = torch.arange(12.0)  # each token carries its index, to see which survive
+    metric = LayerMetric(queries=3 * torch.randn(3, 2, 12, 8), keys=torch.randn(3, 2, 12, 8),
+                         values=0.3 * torch.randn(3, 2, 12, 8))
+    state = reducer.start(TokenState(hidden=hidden))
+    with torch.no_grad():
+        out = reducer(0, state, metric)
+    attention = summary_attention(metric, None)[:, 1:]
+    expected = 2.0 * (attention * 11).log() + 3.0 > 0  # keep where weight * log(N a) + offset > 0
+    for row in range(3):
+        kept = out.hidden[row, 1:, 0][out.valid()[row, 1:]].long() - 1
+        assert kept.tolist() == expected[row].nonzero().flatten().tolist()
+        dropped = torch.ones(11, dtype=torch.bool)
+        dropped[kept] = False
+        assert 0 < dropped.sum() < 11
+        assert attention[row, kept].min() > attention[row, dropped].max()
+
+
 @pytest.mark.parametrize("options, name", [({"trimmer_ratio": 0}, "trimmer_ratio"),
+                                           ({"attention_prior": -1.0}, "attention_prior"),
                                            ({"gumbel_temperature": -1}, "gumbel_temperature"),
                                            ({"attention_share": 1.5}, "attention_share"),
                                            ({"trim_heads": "yes"}, "trim_heads"),

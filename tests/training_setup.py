@@ -12,12 +12,14 @@ from .conftest import make_inputs, tiny_blip_config
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def tiny_retrieval_model(method="tome", vision_keep=0.5, text_keep=1.0, seed=0) -> BlipPrunedForImageTextRetrieval:
+def tiny_retrieval_model(method="tome", vision_keep=0.5, text_keep=1.0, seed=0,
+                         method_options=None) -> BlipPrunedForImageTextRetrieval:
     torch.manual_seed(seed)
     config = tiny_blip_config()
     config["text_config"].update(NO_DROPOUT)
     config["vision_config"]["attention_dropout"] = 0.0
-    pruning = PruningConfig(method=method, vision_keep=vision_keep, text_keep=text_keep).to_dict()
+    pruning = PruningConfig(method=method, vision_keep=vision_keep, text_keep=text_keep,
+                            method_options=method_options or {}).to_dict()
     return BlipPrunedForImageTextRetrieval(BlipPrunedForImageTextRetrieval.config_class(**config, pruning=pruning))
 
 

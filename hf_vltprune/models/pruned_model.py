@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 
-from transformers import initialization as init
-
 from ..config import PruningConfig
 from ..hub import PrunedModelHubMixin
 from ..reduce import TokenReducer
@@ -19,8 +17,7 @@ class PrunedInitMixin:
         super()._init_weights(module)
         if isinstance(module, TokenReducer):
             for name, param in module.named_parameters(recurse=False):
-                std = module.init_std.get(name, 0.0)
-                init.zeros_(param) if std == 0.0 else init.normal_(param, std=std)
+                module.initialize_parameter(name, param)
 
 
 def pruning_dict(pruning_config: PruningConfig | dict) -> dict:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
+from transformers import initialization as init
 
 from .state import TokenState
 
@@ -39,7 +40,8 @@ class TokenReducer(nn.Module):
     default_options: ClassVar[dict[str, Any]] = {}
     # Whether the method handles padded (text) batches; those that do not are rejected for text_keep < 1.
     supports_padded: ClassVar[bool] = True
-    # Initial value of each own parameter that a checkpoint may lack: normal std, 0.0 for zeros (the default).
+    # Initial value of each own parameter that a checkpoint may lack: normal std, 0.0 for zeros (the default);
+    # `initialize_parameter` is the hook for other starting values.
     init_std: ClassVar[dict[str, float]] = {}
     # Whether the method's decisions are learned and meaningless before fine-tuning (MADTP's prototypes).
     needs_training: ClassVar[bool] = False
@@ -90,6 +92,11 @@ class TokenReducer(nn.Module):
                 f"allowed {allowed}."
             )
         return {**cls.default_options, **options}
+
+    def initialize_parameter(self, name: str, param: torch.Tensor) -> None:
+        """Set the reducer's own parameter `name` (not its submodules') to its starting value: `init_std[name]`."""
+        std = self.init_std.get(name, 0.0)
+        init.zeros_(param) if std == 0.0 else init.normal_(param, std=std)
 
     def reduces_at(self, layer_idx: int) -> bool:
         return layer_idx in self.schedule

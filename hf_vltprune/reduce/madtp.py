@@ -43,17 +43,22 @@ def received_attention(metric: LayerMetric, key_bias: torch.Tensor | None, valid
     return (probs * valid[:, :, None]).sum(dim=1)
 
 
-def summary_attention(metric: LayerMetric, key_bias: torch.Tensor | None) -> torch.Tensor:
-    """`[B, N]`: attention of the summary token (index 0) to each token, heads weighted by their output norm."""
+def summary_attention_by_head(metric: LayerMetric, key_bias: torch.Tensor | None) -> torch.Tensor:
+    """`[B, H, N]`: attention of the summary token (index 0) to each token, per head."""
     scale = metric.queries.shape[-1] ** -0.5
     scores = (metric.queries[:, :, :1] @ metric.keys.transpose(-1, -2)).float() * scale  # [B, H, 1, N]
     if key_bias is not None:
         scores = scores + key_bias.float()
-    probs = scores.softmax(-1)
+    return scores.softmax(-1)[:, :, 0]
+
+
+def summary_attention(metric: LayerMetric, key_bias: torch.Tensor | None) -> torch.Tensor:
+    """`[B, N]`: attention of the summary token (index 0) to each token, heads weighted by their output norm."""
+    probs = summary_attention_by_head(metric, key_bias)
     if metric.values is None:
-        return probs.mean(dim=1)[:, 0]
-    head_norm = (probs @ metric.values.float()).norm(dim=-1)  # [B, H, 1]: how much each head writes to CLS
-    return (probs * head_norm[..., None]).sum(dim=1)[:, 0]
+        return probs.mean(dim=1)
+    head_norm = (probs[:, :, None] @ metric.values.float()).norm(dim=-1)  # [B, H, 1]: how much each head writes
+    return (probs * head_norm).sum(dim=1)
 
 
 @register_reducer("madtp")
