@@ -27,6 +27,7 @@ from hf_vltprune.embedded import (
     load_base_model,
     task_data,
 )
+from hf_vltprune.report import markdown_table
 
 
 def run(method, keep, args, base, processor, data, validation) -> dict:
@@ -91,8 +92,7 @@ def main(argv=None):
                                                        indent=2))
     columns = ["method", "vision_keep", "text_keep", "itm_accuracy_before", "itm_accuracy", "gflops",
                "gflops_change", "keep_vision", "train_seconds"]
-    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    table += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    table = markdown_table(rows, columns)
     (args.out / "finetune.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 

@@ -19,6 +19,7 @@ from transformers import BlipProcessor, LlavaForConditionalGeneration
 from hf_vltprune.embedded import PRESETS
 from hf_vltprune.embedded.base_models import task_data
 from hf_vltprune.embedded.llava_vqa import LLAVA_METHODS, compare_llava_methods, llava_model_dir
+from hf_vltprune.report import markdown_table, save_report
 
 
 def main(argv=None):
@@ -43,14 +44,10 @@ def main(argv=None):
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
     meta = dict(date=datetime.date.today().isoformat(), machine=machine, preset=args.preset,
                 examples=len(validation), trained=json.loads((folder / "metrics.json").read_text())["preset"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality_llava.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     columns = list(rows[0])
     table = [f"Tiny LLaVA VQA ({args.preset}, {len(validation)} validation questions), {machine}, {meta['date']}", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    table += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    (args.out / "quality_llava.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+             *markdown_table(rows, columns)]
+    print(save_report(args.out, "quality_llava", meta, rows, table))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from hf_vltprune import PruningConfig
 from hf_vltprune.measure import count_flops, count_tokens, time_forward
 from hf_vltprune.models.blip.modeling_blip_pruned import BlipPrunedVisionModel
 from hf_vltprune.reduce import TokenState
+from hf_vltprune.report import markdown_table, save_report
 
 BLIP_BASE_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                         image_size=384, patch_size=16)
@@ -121,15 +121,11 @@ def main(argv=None):
     machine = torch.cuda.get_device_name(device) if cuda else f"CPU ({platform.processor() or platform.machine()})"
     meta = dict(date=datetime.date.today().isoformat(), machine=machine, torch=torch.__version__,
                 batch_size=args.batch_size, dtype=args.dtype, shape="BLIP-base ViT-B/16 @384 (577 tokens)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed_blip.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     columns = ["variant", "vision_keep", "ms_per_batch", "gflops_per_sample", "speedup_vs_stock", "ideal_ms",
                "ideal_with_size_bias_ms", "overhead_pct"]
     table = [f"{meta['shape']}, batch {args.batch_size}, {args.dtype}, {machine}, {meta['date']}", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    table += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    (args.out / "speed_blip.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+             *markdown_table(rows, columns)]
+    print(save_report(args.out, "speed_blip", meta, rows, table))
 
 
 if __name__ == "__main__":

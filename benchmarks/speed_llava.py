@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from hf_vltprune import LlavaPrunedConfig, LlavaPrunedForConditionalGeneration
 from hf_vltprune.measure import count_flops, time_forward
+from hf_vltprune.report import markdown_table, save_report
 
 SHAPES = {
     "llava-1.5-7b": dict(
@@ -177,19 +177,16 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> str:
     """`speed_llava.json` and `speed_llava.md` in `out` (rewritten after every variant, so a cut-off run keeps what
     it measured); returns the table."""
     rows = sorted(rows, key=lambda row: row["batch_size"])  # one block per batch size, variants in order
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speed_llava.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     columns = ["method", "visual_tokens", "batch_size", "prefill_ms", "prefill_speedup", "decode_ms_per_token",
                "gflops_per_sample", "peak_memory_gib"]
     table = [f"{meta['shape']}, {meta['text_tokens']} text tokens, {meta['dtype']}, {meta['machine']}, "
-             f"{meta['date']}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    table += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+             f"{meta['date']}", "", *markdown_table(rows, columns)]
     target = [r["prefill_speedup"] for r in rows if r["batch_size"] == 8 and r["visual_tokens"] == 64
               and r["method"] not in ("ideal", "stock")]
     if target:
         table += ["", f"Best prefill speed-up at batch 8 and 64 tokens: {max(target)}x (target >= 3.5x)."]
-    (out / "speed_llava.md").write_text("\n".join(table) + "\n")
-    return "\n".join(table)
+    return save_report(out, "speed_llava", meta, rows, table)
+
 
 if __name__ == "__main__":
     main()

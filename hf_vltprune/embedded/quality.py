@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from ..auto import get_pruned_model
 from ..config import PruningConfig
 from ..measure import measure
 from ..reduce import get_reducer_class, reducer_names
+from ..report import markdown_table, save_report
 from .evaluation import evaluate_itm
 from .retrieval_training import RetrievalCollator
 
@@ -60,20 +60,14 @@ def discrimination(rows: list[dict], keep: float = 0.25) -> float | None:
 
 def write_report(rows: list[dict], output_dir: Path, title: str, meta: dict | None = None) -> str:
     """`quality.json`, `quality.md` (a table) and `quality.png` (accuracy against GFLOPs) in `output_dir`."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     gap = discrimination(rows)
-    meta = dict(meta or {}, unpruned_minus_random_at_0_25=gap)
-    (output_dir / "quality.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     columns = ["method", "vision_keep", "status", "itm_accuracy", "recall_at_1", "gflops", "latency_ms"]
-    lines = [f"{title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines = [f"{title}", "", *markdown_table(rows, columns)]
     if gap is not None:
         verdict = "discriminates" if gap >= 5 else "does NOT discriminate (needs >= 5 points)"
         lines += ["", f"Unpruned minus random at keep 0.25: {gap} points: the task {verdict}."]
-    table = "\n".join(lines) + "\n"
-    (output_dir / "quality.md").write_text(table)
-    _plot(rows, output_dir / "quality.png", title)
+    table = save_report(output_dir, "quality", dict(meta or {}, unpruned_minus_random_at_0_25=gap), rows, lines)
+    _plot(rows, Path(output_dir) / "quality.png", title)
     return table
 
 
