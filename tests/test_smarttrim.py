@@ -151,3 +151,20 @@ def test_the_attention_prior_drops_the_tokens_the_summary_token_attends_to_least
 def test_bad_options_raise_value_errors(options, name):
     with pytest.raises(ValueError, match=name):
         PruningConfig(method="smarttrim", vision_keep=0.5, method_options=options)
+
+
+def test_the_attention_prior_reads_only_the_heads_a_sample_runs():
+    torch.manual_seed(0)
+    state, candidates = TokenState(hidden=torch.randn(2, 6, 8)), torch.ones(2, 6, dtype=torch.bool)
+    candidates[:, 0] = False
+    q, k, v = torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4)
+    runs = torch.tensor([[True, False, True], [False, True, False]])
+    for values in (v, None):  # training's metric has every head and masks them; inference's only the run ones
+        all_heads = SmartTrimReducer._attention_prior(state, LayerMetric(q, k, values), candidates, runs)
+        for row in range(2):
+            heads = runs[row].nonzero().flatten()
+            only_run = LayerMetric(q[row:row + 1, heads], k[row:row + 1, heads],
+                                   None if values is None else values[row:row + 1, heads])
+            alone = SmartTrimReducer._attention_prior(state, only_run, candidates[row:row + 1],
+                                                      torch.ones(1, len(heads), dtype=torch.bool))
+            assert torch.allclose(all_heads[row], alone[0], atol=1e-6)

@@ -191,8 +191,8 @@ class SmartTrimReducer(TokenReducer):
         values). Training, which masks heads, and inference, which skips them, see the same prior."""
         probs = summary_attention_by_head(metric, state.attention_bias(torch.float32, proportional=False))
         weight = probs.new_ones(probs.shape[:2]) if head_keep is None else head_keep.to(probs.dtype)
-        if metric.values is None:
-            weight = weight / probs.shape[1]
+        if metric.values is None:  # the mean over the heads run (inference's metric holds only the computed heads)
+            weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1)
         else:
             weight = weight * (probs[:, :, None] @ metric.values.float()).norm(dim=-1)[..., 0]
         attention = (probs * weight[..., None]).sum(dim=1)
