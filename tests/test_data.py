@@ -10,8 +10,10 @@ from hf_vltprune.data import (
     SceneSpec,
     make_dataset,
     make_example,
+    sample_scene,
     statement_holds,
     statement_pair,
+    statement_text,
 )
 from hf_vltprune.data.processor import build_processor, dataset_corpus
 
@@ -54,6 +56,20 @@ def test_hard_negatives_are_false_and_true_statements_true():
         assert sum(true[k] != false[k] for k in true) == 1
 
 
+def test_stated_counts_do_not_give_the_label_away():
+    # Text alone must not tell a true count statement from a false one: each stated number is as often true as false.
+    rng, spec = random.Random(0), SceneSpec(image_size=64, max_objects=4)
+    truth = {}
+    for _ in range(3000):
+        true, false = statement_pair(rng, sample_scene(rng, spec), kinds=("count",))
+        assert true["count"] == false["count"]
+        for statement, label in ((true, 1), (false, 0)):
+            truth.setdefault(statement["count"], []).append(label)
+    assert {0, 1, 2} <= set(truth)
+    for number, labels in truth.items():
+        assert sum(labels) / len(labels) == 0.5, number
+
+
 def test_scenes_use_the_declared_vocabulary_and_sizes():
     objects = [o for i in range(100) for o in make_example(1, "train", i, SPEC)["objects"]]
     assert {o["shape"] for o in objects} == set(SHAPES)
@@ -62,6 +78,16 @@ def test_scenes_use_the_declared_vocabulary_and_sizes():
     counts = {len(make_example(2, "train", i, SPEC)["objects"]) for i in range(100)}
     assert counts == set(range(1, 7))
     assert make_example(0, "test", 0, SPEC)["image"].size == (64, 64)
+
+
+def test_count_texts_use_english_plurals():
+    count = dict(kind="count", shape="cross", color="", size="", shape2="", color2="", relation="", count=2)
+    assert statement_text(count) == "there are two crosses."
+    assert statement_text(dict(count, count=1)) == "there is one cross."
+    assert statement_text(dict(count, shape="circle", count=0)) == "there are zero circles."
+    questions = {make_example(0, "train", i, SPEC)["question"] for i in range(300)}
+    assert "how many crosses are there?" in questions
+    assert not any("crosss" in q for q in questions)
 
 
 def test_bad_scene_settings_raise():

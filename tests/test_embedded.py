@@ -1,12 +1,15 @@
 """The embedded default end to end on the `micro` preset (seconds): train, evaluate, compare methods, CLI."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from hf_vltprune import metrics
 from hf_vltprune.cli import main
+from hf_vltprune.data.dataset import DATA_VERSION
 from hf_vltprune.embedded import get_preset
 from hf_vltprune.embedded.quality import discrimination
 from hf_vltprune.reduce import reducer_names
@@ -26,6 +29,9 @@ def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
     record = json.loads((model_dir / "metrics.json").read_text())
     assert 0.0 <= record["validation"]["itm_accuracy"] <= 1.0
     assert any("itc" in entry for entry in record["log_history"])  # the ITC/ITM parts reach the Trainer logs
+    assert any("attention_grounding" in entry for entry in record["log_history"])  # and the grounding losses
+    with safe_open(model_dir / "model.safetensors", "pt") as saved:  # the heads stay behind: a stock BLIP
+        assert not any("grounding" in key for key in saved.keys())
 
     assert main(["eval", str(model_dir), "--preset", "micro", "--output", str(tmp_path / "eval.json")]) == 0
     evaluated = json.loads((tmp_path / "eval.json").read_text())
@@ -54,7 +60,7 @@ def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
     assert (tmp_path / "demo" / "quality.png").stat().st_size > 0
     assert "| tome | 0.5 | ok |" in (tmp_path / "demo" / "quality.md").read_text()
     # The demo trained the cached base model once; a second call reuses it.
-    cached = cache / "models" / "blip-itm-micro-seed0" / "metrics.json"
+    cached = cache / "models" / f"blip-itm-micro-seed0-data{DATA_VERSION}" / "metrics.json"
     stamp = cached.stat().st_mtime
     assert main(["demo", "--preset", "micro", "--output", str(tmp_path / "demo2"), "--budgets", "0.5"]) == 0
     assert cached.stat().st_mtime == stamp
@@ -106,6 +112,8 @@ def test_cli_rejects_unknown_presets():
         main(["demo", "--preset", "huge"])
     with pytest.raises(ValueError, match="preset"):
         get_preset("huge")
+    with pytest.raises(ValueError, match="grounding"):
+        dataclasses.replace(get_preset("micro"), grounding=-1.0)
 
 
 def test_metrics_on_hand_made_cases():
@@ -135,7 +143,8 @@ def test_tiny_llava_trains_and_every_method_is_scored(cache, tmp_path):
 
     quality_llava = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "quality_llava.py"))
     quality_llava["main"](["--preset", "micro", "--budgets", "8", "--max-examples", "16", "--out", str(tmp_path)])
-    assert (cache / "models" / "llava-vqa-micro-seed0" / "metrics.json").is_file()  # trained once, cached
+    # trained once, cached
+    assert (cache / "models" / f"llava-vqa-micro-seed0-data{DATA_VERSION}" / "metrics.json").is_file()
     rows = json.loads((tmp_path / "quality_llava.json").read_text())["rows"]
     assert [(r["method"], r["visual_tokens"]) for r in rows] == [("unpruned", 16)] + [
         (m, 8) for m in ("visionzip", "textguided", "fastv", "pdrop", "tome", "random")]

@@ -29,6 +29,9 @@ FEATURES = Features({
     "question_kind": Value("string"),
 })
 SPLITS = ("train", "validation", "test")
+# Bumped whenever generated examples change: `datasets` fingerprints the generator's arguments, not the code it calls,
+# so without it a cache would keep serving examples of an older generator (and cached models are named after it).
+DATA_VERSION = 3
 
 
 def make_example(seed: int, split: str, index: int, spec: SceneSpec) -> dict:
@@ -54,7 +57,7 @@ def make_example(seed: int, split: str, index: int, spec: SceneSpec) -> dict:
     )
 
 
-def _generate(seed: int, split: str, indices: list[int], spec: SceneSpec):
+def _generate(seed: int, split: str, indices: list[int], spec: SceneSpec, version: int = DATA_VERSION):
     for index in indices:
         example = make_example(seed, split, index, spec)
         # JPEG at high quality: noisy backgrounds make PNG encoding the slowest step of generation.
@@ -76,7 +79,7 @@ def make_dataset(
     """Generate the train / validation / test splits (deterministic for a seed).
 
     Each row is one image with its object list, a caption, a true-or-false statement (`label`), the true statement and
-    a hard negative differing in one attribute, relation or count, and a question with its short answer.
+    a hard negative differing in one attribute, relation or counted shape, and a question with its short answer.
     """
     spec = spec or SceneSpec()
     sizes = dict(train=num_train, validation=num_validation, test=num_test)
@@ -92,7 +95,7 @@ def make_dataset(
             _generate,
             features=FEATURES,
             # `datasets` splits list-valued kwargs across the worker processes: each generates its share of indices.
-            gen_kwargs=dict(seed=seed, split=split, indices=list(range(size)), spec=spec),
+            gen_kwargs=dict(seed=seed, split=split, indices=list(range(size)), spec=spec, version=DATA_VERSION),
             num_proc=parallel,
             cache_dir=cache_dir,
             split=split,

@@ -16,8 +16,10 @@ from transformers import (
 )
 
 from ..data import SceneSpec, make_dataset
+from ..data.dataset import DATA_VERSION
 from ..data.processor import build_processor, dataset_corpus
 from .evaluation import evaluate_itm
+from .grounding import BlipWithGroundingHeads
 from .presets import Preset, get_preset
 from .retrieval_training import RetrievalCollator, RetrievalPretrainer
 from .vqa_training import VqaCollator, evaluate_vqa
@@ -61,7 +63,8 @@ def train_base_model(preset: Preset | str, output_dir: str | Path, task: str = "
                      max_steps: int | None = None, report_to: str = "none") -> dict:
     """Train a BLIP model from scratch on the synthetic task and save it with its processor.
 
-    `task="retrieval"`: `BlipForImageTextRetrieval` with ITC + ITM on hard negatives (`RetrievalPretrainer`).
+    `task="retrieval"`: `BlipForImageTextRetrieval` with ITC + ITM on hard negatives (`RetrievalPretrainer`), plus
+    the grounding losses when the preset weights them.
     `task="vqa"`: `BlipForQuestionAnswering` with its own answer-generation loss (the stock `Trainer`).
     Returns the validation metrics, also written to `output_dir/metrics.json` with the training log.
     """
@@ -75,8 +78,11 @@ def train_base_model(preset: Preset | str, output_dir: str | Path, task: str = "
     args = _training_arguments(preset, output_dir, max_steps or preset.max_steps, seed, report_to)
     if task == "retrieval":
         model = BlipForImageTextRetrieval(preset.blip_config(processor.tokenizer))
-        trainer = RetrievalPretrainer(model=model, args=args, train_dataset=data["train"],
-                                      data_collator=RetrievalCollator(processor, train=True, seed=seed))
+        grid = preset.image_size // preset.patch_size if preset.grounding else None
+        collator = RetrievalCollator(processor, train=True, seed=seed, patch_grid=grid)
+        trainer = RetrievalPretrainer(model=BlipWithGroundingHeads(model) if grid else model, args=args,
+                                      train_dataset=data["train"], data_collator=collator,
+                                      grounding_weight=preset.grounding)
     else:
         model = BlipForQuestionAnswering(preset.blip_config(processor.tokenizer))
         trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=VqaCollator(processor))
@@ -106,7 +112,7 @@ def cached_model_dir(kind: str, preset: Preset | str, seed: int, train) -> Path:
     """Folder of a cached `kind` model of a preset: `train(preset, folder, seed=seed)` on first use, reused
     afterwards (a folder counts once training wrote its `metrics.json`)."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    folder = cache_dir() / "models" / f"{kind}-{preset.name}-seed{seed}"
+    folder = cache_dir() / "models" / f"{kind}-{preset.name}-seed{seed}-data{DATA_VERSION}"
     if not (folder / "metrics.json").exists():
         train(preset, folder, seed=seed)
     return folder

@@ -18,6 +18,8 @@ class Preset:
         num_train, num_validation, num_test: synthetic examples per split.
         max_steps, batch_size, learning_rate, warmup_ratio: the training schedule.
         clutter, max_objects: scene difficulty.
+        grounding: weight of the grounding losses in base-model training (`hf_vltprune.embedded.grounding`; 0: ITC
+            and ITM only).
     """
 
     name: str
@@ -36,6 +38,11 @@ class Preset:
     warmup_ratio: float = 0.05
     clutter: int = 40
     max_objects: int = 6
+    grounding: float = 1.0
+
+    def __post_init__(self):
+        if self.grounding < 0:
+            raise ValueError(f"Preset.grounding={self.grounding} is invalid: allowed >= 0 (0 turns it off).")
 
     @property
     def vision_tokens(self) -> int:

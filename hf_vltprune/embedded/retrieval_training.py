@@ -8,13 +8,25 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from ..data.texts import statement_pair, statement_text
+from .grounding import (
+    BlipWithGroundingHeads,
+    GroundingHeads,
+    noun_targets,
+    patch_labels,
+)
+
 
 class RetrievalCollator:
-    """Rows of `make_dataset` -> pixels, the caption, a true statement and its hard negative (training), or the
-    statement and its label (evaluation)."""
+    """Rows of `make_dataset` -> pixels and either (training) the caption plus a true statement and its hard negative,
+    drawn afresh from the stored scene on every call, or (evaluation) the row's statement and its label.
 
-    def __init__(self, processor, train: bool = True, seed: int = 0):
-        self.processor, self.train = processor, train
+    With `patch_grid` (patches per image side), training batches also carry the targets of the grounding losses
+    (`hf_vltprune.embedded.grounding`).
+    """
+
+    def __init__(self, processor, train: bool = True, seed: int = 0, patch_grid: int | None = None):
+        self.processor, self.train, self.patch_grid = processor, train, patch_grid
         self.rng = random.Random(seed)
 
     def _tokens(self, texts: list[str], prefix: str = "") -> dict:
@@ -24,14 +36,32 @@ class RetrievalCollator:
     def __call__(self, rows: list[dict]) -> dict:
         images = [row["image"].convert("RGB") for row in rows]
         batch = {"pixel_values": self.processor.image_processor(images, return_tensors="pt").pixel_values}
-        if self.train:
-            batch.update(self._tokens([row["caption"] for row in rows]))
-            batch.update(self._tokens([row["true_statement"] for row in rows], prefix="positive_"))
-            batch.update(self._tokens([row["false_statement"] for row in rows], prefix="negative_"))
-        else:
+        if not self.train:
             batch.update(self._tokens([row["statement"] for row in rows]))
             batch["labels"] = torch.tensor([row["label"] for row in rows])
+            return batch
+        scenes = [row["objects"] for row in rows]
+        # Fresh pairs every epoch: more distinct statements than the one stored pair per image.
+        pairs = [statement_pair(self.rng, objects) for objects in scenes]
+        statements = [true for true, _ in pairs] + [false for _, false in pairs]
+        texts = [statement_text(statement) for statement in statements]
+        batch.update(self._tokens([row["caption"] for row in rows]))
+        batch.update(self._tokens(texts[: len(rows)], prefix="positive_"))
+        batch.update(self._tokens(texts[len(rows):], prefix="negative_"))
+        if self.patch_grid:
+            batch.update(self._grounding_targets(texts, statements, scenes + scenes))
         return batch
+
+    def _grounding_targets(self, texts: list[str], statements: list[dict], scenes: list[list[dict]]) -> dict:
+        # Tokenized together, padded to one length: the same token indices as the fused pass's `_pad_cat`.
+        offsets = self.processor.tokenizer(texts, padding=True, truncation=True, return_offsets_mapping=True,
+                                           return_tensors="pt").offset_mapping
+        labels = [patch_labels(objects, self.patch_grid) for objects in scenes[: len(scenes) // 2]]
+        return {
+            "patch_color": torch.stack([color for color, _ in labels]),
+            "patch_shape": torch.stack([shape for _, shape in labels]),
+            **noun_targets(offsets, texts, statements, scenes, self.patch_grid),
+        }
 
 
 def _image_bias(vision_outputs, dtype):
@@ -40,16 +70,22 @@ def _image_bias(vision_outputs, dtype):
     return bias(dtype) if callable(bias) else None
 
 
-def itc_itm_loss(model, batch: dict, temperature: float = 0.07,
-                 itm_weight: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+def itc_itm_loss(model, batch: dict, temperature: float = 0.07, itm_weight: float = 2.0,
+                 grounding: GroundingHeads | None = None,
+                 grounding_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """BLIP-style pre-training losses on a `BlipForImageTextRetrieval` (stock or pruned).
 
     ITC: symmetric InfoNCE between the projected image and caption [CLS] features. ITM: the matching head on each
     image with a true statement (label 1) and its hard negative (the same statement wrong in one attribute, relation
-    or count, label 0), weighted `itm_weight`. The pair shares its wording but for one word, so the head must look at
-    the image. (BLIP's ITC-mined in-batch negatives are mostly easy here; measured on the tiny preset, dropping them
-    for the 1:1 hard pairs raised validation ITM accuracy from 65.1% to 69.6% and made training 20% faster.)
+    or counted shape, label 0), weighted `itm_weight`. The pair shares its wording but for one word, so the head must
+    look at the image. (BLIP's ITC-mined in-batch negatives are mostly easy here; measured on the tiny preset,
+    dropping them for the 1:1 hard pairs raised validation ITM accuracy from 65.1% to 69.6% and made training 20%
+    faster.)
+    With `grounding` heads, the grounding losses on the batch's scene targets are added, each weighted
+    `grounding_weight` (needs a `RetrievalCollator` with `patch_grid` and a model that keeps every patch).
     """
+    if grounding is not None and "noun_rows" not in batch:
+        raise ValueError("grounding losses need their targets: build the RetrievalCollator with patch_grid=...")
     vision = model.vision_model(pixel_values=batch["pixel_values"])
     image_embeds = vision.last_hidden_state
     text = model.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
@@ -68,13 +104,20 @@ def itc_itm_loss(model, batch: dict, temperature: float = 0.07,
         attention_mask=mask,
         encoder_hidden_states=image_embeds.repeat(2, 1, 1),
         encoder_attention_mask=bias.repeat(2, 1, 1, 1) if bias is not None else None,
-    ).last_hidden_state
-    logits = model.itm_head(fused[:, 0])
+        output_attentions=grounding is not None,
+    )
+    logits = model.itm_head(fused.last_hidden_state[:, 0])
     labels = torch.cat([torch.ones(batch_size), torch.zeros(batch_size)]).long().to(logits.device)
     itm = F.cross_entropy(logits, labels)
+    loss = itc + itm_weight * itm
     with torch.no_grad():
         itm_accuracy = (logits.argmax(-1) == labels).float().mean().item()
-    return itc + itm_weight * itm, {"itc": itc.item(), "itm": itm.item(), "itm_train_accuracy": itm_accuracy}
+    parts = {"itc": itc.item(), "itm": itm.item(), "itm_train_accuracy": itm_accuracy}
+    if grounding is not None:
+        losses = grounding(image_embeds, fused.last_hidden_state, fused.cross_attentions[0], batch)
+        loss = loss + grounding_weight * sum(losses.values())
+        parts.update({name: value.item() for name, value in losses.items()})
+    return loss, parts
 
 
 def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -83,17 +126,24 @@ def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 class RetrievalPretrainer(Trainer):
-    """The stock `Trainer` with `itc_itm_loss`; the ITC/ITM parts appear in the logs."""
+    """The stock `Trainer` with `itc_itm_loss`; the loss parts appear in the logs.
 
-    def __init__(self, *args, temperature: float = 0.07, **kwargs):
+    Give it a `BlipWithGroundingHeads` (and a collator with `patch_grid`) to add the grounding losses, each weighted
+    `grounding_weight`.
+    """
+
+    def __init__(self, *args, temperature: float = 0.07, grounding_weight: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.temperature = temperature
+        self.temperature, self.grounding_weight = temperature, grounding_weight
         # The loss is a per-batch mean: let the Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self._parts: dict[str, list[float]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, parts = itc_itm_loss(model, inputs, self.temperature)
+        model = self.accelerator.unwrap_model(model)
+        blip, grounding = (model.blip, model.grounding) if isinstance(model, BlipWithGroundingHeads) else (model, None)
+        loss, parts = itc_itm_loss(blip, inputs, self.temperature, grounding=grounding,
+                                   grounding_weight=self.grounding_weight)
         for key, value in parts.items():
             self._parts.setdefault(key, []).append(value)
         return (loss, None) if return_outputs else loss
