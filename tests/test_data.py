@@ -16,6 +16,7 @@ from hf_vltprune.data import (
     statement_text,
 )
 from hf_vltprune.data.processor import build_processor, dataset_corpus
+from hf_vltprune.data.texts import empty_statement
 
 SPEC = SceneSpec(image_size=64, clutter=10)
 
@@ -81,7 +82,7 @@ def test_scenes_use_the_declared_vocabulary_and_sizes():
 
 
 def test_count_texts_use_english_plurals():
-    count = dict(kind="count", shape="cross", color="", size="", shape2="", color2="", relation="", count=2)
+    count = dict(empty_statement("count"), shape="cross", count=2)
     assert statement_text(count) == "there are two crosses."
     assert statement_text(dict(count, count=1)) == "there is one cross."
     assert statement_text(dict(count, shape="circle", count=0)) == "there are zero circles."

@@ -8,6 +8,7 @@ from transformers import BlipConfig, BlipForImageTextRetrieval
 
 from hf_vltprune.data import SceneSpec, make_example, statement_text
 from hf_vltprune.data.processor import build_processor
+from hf_vltprune.data.texts import empty_statement
 from hf_vltprune.embedded.grounding import (
     COLOR_IDS,
     SHAPE_IDS,
@@ -40,7 +41,7 @@ def tiny_processor(micro_rows):
 
 
 def statement(kind, **fields):
-    return dict(dict(kind=kind, shape="", color="", size="", shape2="", color2="", relation="", count=-1), **fields)
+    return dict(empty_statement(kind), **fields)
 
 
 def test_covered_patches_are_those_under_the_object():

@@ -29,6 +29,11 @@ def plural(noun: str) -> str:
     return f"{noun}es" if noun.endswith(("s", "x", "ch", "sh")) else f"{noun}s"
 
 
+def count_noun(s: dict) -> str:
+    """The noun a count statement `s` uses: singular for one, plural otherwise."""
+    return s["shape"] if s["count"] == 1 else plural(s["shape"])
+
+
 def describe(obj: dict, with_size: bool = False) -> str:
     return f"{obj['size']} {obj['color']} {obj['shape']}" if with_size else f"{obj['color']} {obj['shape']}"
 
@@ -45,9 +50,8 @@ def statement_text(s: dict) -> str:
         words = f"{s['size']} {s['color']} {s['shape']}" if s["size"] else f"{s['color']} {s['shape']}"
         return f"there is {article(words)} {words}."
     if s["kind"] == "count":
-        noun = s["shape"] if s["count"] == 1 else plural(s["shape"])
         verb = "is" if s["count"] == 1 else "are"
-        return f"there {verb} {NUMBER_WORDS[s['count']]} {noun}."
+        return f"there {verb} {NUMBER_WORDS[s['count']]} {count_noun(s)}."
     return f"the {s['color']} {s['shape']} is {s['relation']} the {s['color2']} {s['shape2']}."
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.scenes import COLORS, SHAPES, object_radius
-from ..data.texts import plural
+from ..data.texts import count_noun
 
 COLOR_IDS = {color: i + 1 for i, color in enumerate(COLORS)}  # 0 = background
 SHAPE_IDS = {shape: i + 1 for i, shape in enumerate(SHAPES)}
@@ -60,8 +60,7 @@ def named_objects(statement: dict, objects: list[dict]) -> list[tuple[str, list[
     if statement["kind"] == "exists":
         return [(statement["shape"], matching(statement["color"], statement["shape"], statement["size"]))]
     if statement["kind"] == "count":
-        noun = statement["shape"] if statement["count"] == 1 else plural(statement["shape"])
-        return [(noun, matching("", statement["shape"]))]
+        return [(count_noun(statement), matching("", statement["shape"]))]
     return [(statement["shape"], matching(statement["color"], statement["shape"])),
             (statement["shape2"], matching(statement["color2"], statement["shape2"]))]
 

@@ -9,12 +9,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from ..data.texts import statement_pair, statement_text
-from .grounding import (
-    BlipWithGroundingHeads,
-    GroundingHeads,
-    noun_targets,
-    patch_labels,
-)
+from .grounding import BlipWithGroundingHeads, GroundingHeads, noun_targets, patch_labels
 
 
 class RetrievalCollator:
@@ -49,18 +44,19 @@ class RetrievalCollator:
         batch.update(self._tokens(texts[: len(rows)], prefix="positive_"))
         batch.update(self._tokens(texts[len(rows):], prefix="negative_"))
         if self.patch_grid:
-            batch.update(self._grounding_targets(texts, statements, scenes + scenes))
+            batch.update(self._grounding_targets(texts, statements, scenes))
         return batch
 
     def _grounding_targets(self, texts: list[str], statements: list[dict], scenes: list[list[dict]]) -> dict:
+        """`texts` / `statements`: the positives, then the negatives; `scenes`: one per image."""
         # Tokenized together, padded to one length: the same token indices as the fused pass's `_pad_cat`.
         offsets = self.processor.tokenizer(texts, padding=True, truncation=True, return_offsets_mapping=True,
                                            return_tensors="pt").offset_mapping
-        labels = [patch_labels(objects, self.patch_grid) for objects in scenes[: len(scenes) // 2]]
+        labels = [patch_labels(objects, self.patch_grid) for objects in scenes]
         return {
             "patch_color": torch.stack([color for color, _ in labels]),
             "patch_shape": torch.stack([shape for _, shape in labels]),
-            **noun_targets(offsets, texts, statements, scenes, self.patch_grid),
+            **noun_targets(offsets, texts, statements, scenes + scenes, self.patch_grid),
         }
 
 
