@@ -1,4 +1,4 @@
-"""SmartTrim: learned per-sample token and head trimming."""
+"""SmartTrim: learned per-sample token, head and feed-forward-neuron trimming."""
 
 import pytest
 import torch
@@ -15,8 +15,10 @@ from .training_setup import minimise_pruning_losses, tiny_retrieval_model
 
 
 def trimming_model(**options):
-    """A tiny retrieval model whose untrained trimmers already drop tokens and heads (no +3 keep offset)."""
-    model = tiny_retrieval_model(method="smarttrim", vision_keep=0.5, text_keep=0.6)
+    """A tiny retrieval model whose untrained trimmers already drop tokens, heads and neuron groups (no +3 keep
+    offset)."""
+    model = tiny_retrieval_model(method="smarttrim", vision_keep=0.5, text_keep=0.6,
+                                 method_options={"trim_neurons": True, "neuron_groups": 4})
     for reducer in (model.vision_model.encoder.reducer, model.text_encoder.encoder.reducer):
         reducer.options.update({"initial_keep_logit": 0.0, "noise": False, **options})
         with torch.no_grad():
@@ -26,7 +28,9 @@ def trimming_model(**options):
 
 
 def test_untrained_trimmers_keep_everything_so_fine_tuning_starts_from_the_unpruned_model():
-    model, inputs = tiny_retrieval_model(method="smarttrim", vision_keep=0.3, text_keep=0.5).eval(), make_inputs()
+    model = tiny_retrieval_model(method="smarttrim", vision_keep=0.3, text_keep=0.5,
+                                 method_options={"trim_neurons": True}).eval()
+    inputs = make_inputs()
     with torch.no_grad():
         trimmed = model(**inputs).itm_score
         with pruning_disabled(model):
@@ -34,11 +38,14 @@ def test_untrained_trimmers_keep_everything_so_fine_tuning_starts_from_the_unpru
     assert torch.equal(trimmed, full)
 
 
-def test_masked_training_and_compacted_inference_agree_on_tokens_heads_and_outputs():
+def test_masked_training_and_compacted_inference_agree_on_tokens_heads_neurons_and_outputs():
     model, inputs = trimming_model(), make_inputs(batch=4, length=9)
-    heads = []
+    heads, neurons = [], []
     model.vision_model.encoder.layers[1].self_attn.register_forward_pre_hook(
         lambda _, args, kwargs: heads.append(kwargs["head_mask"]), with_kwargs=True)
+    reducer = model.vision_model.encoder.reducer
+    original_neuron_mask = reducer.neuron_mask
+    reducer.neuron_mask = lambda layer_idx: neurons.append(original_neuron_mask(layer_idx)) or neurons[-1]
     model.eval()
     with torch.no_grad():
         compacted, compacted_tokens = model(**inputs).itm_score, count_tokens(model, inputs)
@@ -52,6 +59,10 @@ def test_masked_training_and_compacted_inference_agree_on_tokens_heads_and_outpu
     assert torch.allclose(inference_heads.weight, training_heads.weight, atol=1e-6)  # straight-through: 1 + s - s
     assert inference_heads.active.numel() < model.config.vision_config.num_attention_heads or \
         not bool(inference_heads.weight.all()), "some heads are skipped"
+    layers = len(model.vision_model.encoder.layers)
+    inference_neurons, training_neurons = neurons[1], neurons[layers + 1]  # layer 1 of each pass
+    assert torch.allclose(inference_neurons.weight, training_neurons.weight, atol=1e-6)
+    assert not bool(inference_neurons.weight.all()), "some neuron groups are skipped"
     assert torch.allclose(masked, compacted, atol=1e-5)
 
 
@@ -70,11 +81,36 @@ def test_heads_no_sample_runs_are_not_computed():
     assert half_heads < 0.95 * all_heads
 
 
+def test_neuron_groups_no_sample_runs_are_not_computed_and_the_others_match_a_masked_feed_forward():
+    from hf_vltprune.models.blip.layers_blip_pruned import feed_forward
+    from hf_vltprune.reduce import HeadMask
+
+    model, inputs = trimming_model(trim_heads=False), make_inputs(batch=1, length=9)
+    model.eval()
+    with torch.no_grad():
+        for reducer in (model.vision_model.encoder.reducer, model.text_encoder.encoder.reducer):
+            reducer.options["initial_keep_logit"] = 50.0  # every token and head stays ...
+            for trimmer in reducer.neuron_trimmers.values():
+                trimmer[2].bias[:2] = -100.0  # ... two of the four neuron groups do not
+        half_neurons = measure(model, inputs, latency_repeats=0).gflops
+        for reducer in (model.vision_model.encoder.reducer, model.text_encoder.encoder.reducer):
+            reducer.options["trim_neurons"] = False
+        all_neurons = measure(model, inputs, latency_repeats=0).gflops
+    assert half_neurons < 0.9 * all_neurons  # here the MLPs are half of each reducing layer's projections
+
+    # One sample runs groups {0, 2}, the other {2}: computing only groups 0 and 2 equals zeroing the rest.
+    mlp, hidden = model.vision_model.encoder.layers[0].mlp, torch.randn(2, 5, 32)
+    runs = torch.tensor([[1.0, 0, 1, 0], [0, 0, 1, 0]])
+    sliced = feed_forward(hidden, mlp.fc1, mlp.activation_fn, mlp.fc2, HeadMask(runs, torch.tensor([0, 2])))
+    zeroed = mlp.fc2(mlp.activation_fn(mlp.fc1(hidden)) * runs.repeat_interleave(16, dim=1)[:, None])
+    assert torch.allclose(sliced, zeroed, atol=1e-6)
+
+
 def test_the_task_loss_reaches_the_trimmers():
     model = trimming_model().train()
     model(**make_inputs()).itm_score.sum().backward()
     reducer = model.vision_model.encoder.reducer
-    for trimmers in (reducer.token_trimmers, reducer.head_trimmers):
+    for trimmers in (reducer.token_trimmers, reducer.head_trimmers, reducer.neuron_trimmers):
         assert trimmers["0"][2].weight.grad.abs().sum() > 0
 
 
@@ -90,7 +126,8 @@ def test_a_sample_alone_matches_the_padded_batch():
 
 def test_gradients_reach_every_trimmer_and_the_cost_loss_moves_compute_to_the_target():
     torch.manual_seed(0)
-    model = tiny_retrieval_model(method="smarttrim", vision_keep=0.5, text_keep=1.0)
+    model = tiny_retrieval_model(method="smarttrim", vision_keep=0.5, text_keep=1.0,
+                                 method_options={"trim_neurons": True})
     inputs = make_inputs(batch=16, length=9, pad_last=False)
     model.train()
     model(**inputs)
@@ -147,10 +184,37 @@ def test_the_attention_prior_drops_the_tokens_the_summary_token_attends_to_least
                                            ({"gumbel_temperature": -1}, "gumbel_temperature"),
                                            ({"attention_share": 1.5}, "attention_share"),
                                            ({"trim_heads": "yes"}, "trim_heads"),
+                                           ({"trim_neurons": 1}, "trim_neurons"),
+                                           ({"neuron_groups": 0}, "neuron_groups"),
                                            ({"heads": 2}, "unknown option")])
 def test_bad_options_raise_value_errors(options, name):
     with pytest.raises(ValueError, match=name):
         PruningConfig(method="smarttrim", vision_keep=0.5, method_options=options)
+
+
+def test_neuron_trimmers_are_saved_and_reload_to_the_same_decisions_and_outputs(tmp_path):
+    from hf_vltprune import AutoPrunedModel
+
+    options = {"trim_neurons": True, "neuron_groups": 4, "initial_keep_logit": 0.0}
+    model = tiny_retrieval_model(method="smarttrim", vision_keep=0.5, text_keep=0.6, method_options=options).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "neuron_trimmers" in name:
+                parameter.normal_(std=0.5)
+    inputs = make_inputs(batch=3, length=9)
+    with torch.no_grad():
+        expected = model(**inputs).itm_score
+    model.save_pretrained(tmp_path)
+    loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).itm_score, expected)
+    assert torch.equal(loaded.vision_model.encoder.reducer.neuron_trimmers["0"][2].weight,
+                       model.vision_model.encoder.reducer.neuron_trimmers["0"][2].weight)
+
+
+def test_neuron_groups_that_do_not_divide_the_feed_forward_width_raise_a_value_error():
+    with pytest.raises(ValueError, match="neuron_groups.*feed-forward width 64"):
+        tiny_retrieval_model(method="smarttrim", method_options={"trim_neurons": True, "neuron_groups": 5})
 
 
 def test_the_attention_prior_reads_only_the_heads_a_sample_runs():

@@ -110,7 +110,12 @@ class TokenReducer(nn.Module):
         return state
 
     def head_mask(self, layer_idx: int, state: TokenState) -> "HeadMask | None":
-        """Which self-attention heads each sample runs in this layer (`None`: all)."""
+        """Which self-attention heads each sample runs in this layer (`None`: all). Called first in each layer."""
+        return None
+
+    def neuron_mask(self, layer_idx: int) -> "HeadMask | None":
+        """Which groups of feed-forward neurons each sample runs in this layer (`None`: all), over groups of
+        consecutive intermediate features. Called before the layer's feed-forward block."""
         return None
 
     def before_layer(self, layer_idx: int, state: TokenState) -> TokenState:
@@ -153,8 +158,9 @@ class TokenReducer(nn.Module):
 
 
 class HeadMask(NamedTuple):
-    """Per-sample self-attention heads: `weight` `[B, H]` (1 run, 0 skip; straight-through in training) and
-    `active`, the heads any sample of the batch runs (inference): only those are computed. `None` computes all."""
+    """Per-sample units of a layer, self-attention heads or groups of feed-forward neurons: `weight` `[B, units]`
+    (1 run, 0 skip; straight-through in training) and `active`, the units any sample of the batch runs (inference):
+    only those are computed. `None` computes all."""
 
     weight: torch.Tensor
     active: torch.Tensor | None = None

@@ -1,12 +1,13 @@
-"""SmartTrim: learned, per-sample token and attention-head trimming (Wang et al., 2024).
+"""SmartTrim: learned, per-sample token, attention-head and feed-forward-neuron trimming (Wang et al., 2024).
 
 Only the paper's abstract could be read, so the trimmers are our design after it: small MLPs decide, per layer and
-per sample, which tokens to drop (from each token, its modality's mean and the other modality's summary) and which
-self-attention heads to run (from the two summaries). Training takes hard decisions with straight-through sigmoid
-(optionally Gumbel-sigmoid) gradients and masks dropped tokens out of attention; inference keeps tokens and heads
-whose logit is positive, gathers the kept tokens to the front and computes only the heads some sample of the batch
-runs. A cost loss drives the expected compute of each layer to the keep schedule; `SelfDistillation` provides the
-self-distillation from the full-capacity model and `KeepRatioScheduler` the curriculum.
+per sample, which tokens to drop (from each token, its modality's mean and the other modality's summary), which
+self-attention heads to run and which groups of feed-forward neurons to run (both from the two summaries). Training
+takes hard decisions with straight-through sigmoid (optionally Gumbel-sigmoid) gradients and masks dropped tokens out
+of attention; inference keeps tokens, heads and neuron groups whose logit is positive, gathers the kept tokens to the
+front and computes only the heads and neuron groups some sample of the batch runs. A cost loss drives the expected
+compute of each layer to the keep schedule; `SelfDistillation` provides the self-distillation from the
+full-capacity model and `KeepRatioScheduler` the curriculum.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ def trimmer(in_features: int, width: int, out_features: int) -> nn.Sequential:
 
 @register_reducer("smarttrim")
 class SmartTrimReducer(TokenReducer):
-    """Learned per-sample token and head trimming with a compute-cost loss.
+    """Learned per-sample token, head and feed-forward-neuron trimming with a compute-cost loss.
 
     Options:
         trim_heads: also trim self-attention heads.
+        trim_neurons: also trim the feed-forward block, in `neuron_groups` groups of consecutive intermediate
+            neurons (the feed-forward width must be a multiple of it).
         trimmer_ratio: hidden width of the trimmer MLPs, as a fraction of the encoder width.
         initial_keep_logit: added to every keep logit, so an untrained trimmer keeps everything (the model starts
             as the unpruned one and learns to trim).
@@ -60,14 +63,15 @@ class SmartTrimReducer(TokenReducer):
             learned per layer; 0 (the default) makes an untrained trimmer keep everything; 3 fine-tuned best on the
             embedded benchmark.
         attention_share: the share of a token's per-layer compute that scales with the heads it runs (the
-            attention projections: about 1/3 in a ViT or BERT layer; the MLP is the rest).
+            attention projections: about 1/3 in a ViT or BERT layer); the rest scales with the neuron groups it runs
+            (the MLP).
     """
 
     architectures = ("blip",)  # guided by a text encoder
 
-    default_options = {"trim_heads": True, "trimmer_ratio": 0.125, "initial_keep_logit": 3.0,
-                       "gumbel_temperature": 1.0, "noise": False, "cost_weight": 2.0, "attention_share": 1 / 3,
-                       "attention_prior": 0.0}
+    default_options = {"trim_heads": True, "trim_neurons": False, "neuron_groups": 8, "trimmer_ratio": 0.125,
+                       "initial_keep_logit": 3.0, "gumbel_temperature": 1.0, "noise": False, "cost_weight": 2.0,
+                       "attention_share": 1 / 3, "attention_prior": 0.0}
     needs_training = True
     paper = ("Wang et al., SmartTrim: Adaptive Tokens and Attention Pruning for Efficient Vision-Language Models, "
              "LREC-COLING 2024")
@@ -93,7 +97,11 @@ class SmartTrimReducer(TokenReducer):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
                 raise ValueError(f"PruningConfig.method_options[{name!r}]={value!r} is invalid for method "
                                  f"'smarttrim': allowed {allowed}.")
-        for name in ("trim_heads", "noise"):
+        groups = options["neuron_groups"]
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"PruningConfig.method_options['neuron_groups']={groups!r} is invalid for method "
+                             "'smarttrim': allowed integers >= 1 that divide the feed-forward width.")
+        for name in ("trim_heads", "trim_neurons", "noise"):
             if not isinstance(options[name], bool):
                 raise ValueError(f"PruningConfig.method_options[{name!r}]={options[name]!r} is invalid for method "
                                  "'smarttrim': allowed True or False.")
@@ -114,16 +122,21 @@ class SmartTrimReducer(TokenReducer):
         if options["trim_heads"]:
             self.head_trimmers = nn.ModuleDict({i: trimmer(hidden_size + guidance_size, width, num_heads)
                                                 for i in layers})
+        if options["trim_neurons"]:
+            self.neuron_trimmers = nn.ModuleDict({i: trimmer(hidden_size + guidance_size, width,
+                                                             options["neuron_groups"]) for i in layers})
         self._guidance: torch.Tensor | None = None
         self._originals: torch.Tensor | None = None
         self._head_fraction: dict[int, torch.Tensor] = {}
         self._head_keep: dict[int, torch.Tensor] = {}  # [B, heads in the metric]: which of them each sample runs
+        self._neuron_fraction: dict[int, torch.Tensor] = {}
+        self._neuron_masks: dict[int, HeadMask] = {}
         self._cost_terms: list[torch.Tensor] = []
 
     def start(self, state: TokenState, guidance: torch.Tensor | None = None) -> TokenState:
         self._guidance = guidance
         self._originals = (state.valid() & ~state.protected()).sum(dim=1).clamp_min(1)
-        self._head_fraction, self._head_keep = {}, {}
+        self._head_fraction, self._head_keep, self._neuron_fraction, self._neuron_masks = {}, {}, {}, {}
         return state
 
     def _summary(self, state: TokenState) -> torch.Tensor:
@@ -145,19 +158,34 @@ class SmartTrimReducer(TokenReducer):
         hard, soft = gumbel_sigmoid(logits, self.options["gumbel_temperature"], self.options["noise"])
         return hard, straight_through(hard, soft)
 
-    def head_mask(self, layer_idx: int, state: TokenState) -> HeadMask | None:
-        if not self.options["trim_heads"] or not self.reduces_at(layer_idx):
-            return None
-        hard, keep = self._decide(self.head_trimmers[str(layer_idx)](self._summary(state)))
+    def _unit_mask(self, unit_trimmer: nn.Module, state: TokenState) -> tuple[HeadMask, torch.Tensor]:
+        """Per-sample heads or neuron groups from the summaries: the mask, and which computed units each sample
+        runs (`[B, units computed]`: in inference only the units some sample runs are computed)."""
+        hard, keep = self._decide(unit_trimmer(self._summary(state)))
         if self.training:
-            self._head_fraction[layer_idx] = keep.mean(dim=1)
-            self._head_keep[layer_idx] = hard
-            return HeadMask(keep)
+            return HeadMask(keep), hard
         active = hard.any(dim=0).nonzero().flatten()
-        if active.numel() == 0:  # no sample runs any head: compute one, whose output every sample zeroes
+        if active.numel() == 0:  # no sample runs any unit: compute one, whose output every sample zeroes
             active = torch.zeros(1, dtype=torch.long, device=hard.device)
-        self._head_keep[layer_idx] = hard[:, active]  # the metric holds only the computed heads
-        return HeadMask(keep, active)
+        return HeadMask(keep, active), hard[:, active]
+
+    def head_mask(self, layer_idx: int, state: TokenState) -> HeadMask | None:
+        if not self.reduces_at(layer_idx):
+            return None
+        # Neuron groups are decided here too, from the same summaries, so the layer's cost term can count them.
+        if self.options["trim_neurons"]:
+            mask, _ = self._unit_mask(self.neuron_trimmers[str(layer_idx)], state)
+            self._neuron_masks[layer_idx] = mask
+            self._neuron_fraction[layer_idx] = mask.weight.mean(dim=1)
+        if not self.options["trim_heads"]:
+            return None
+        mask, runs = self._unit_mask(self.head_trimmers[str(layer_idx)], state)
+        self._head_fraction[layer_idx] = mask.weight.mean(dim=1)
+        self._head_keep[layer_idx] = runs  # the metric holds only the computed heads
+        return mask
+
+    def neuron_mask(self, layer_idx: int) -> HeadMask | None:
+        return self._neuron_masks.get(layer_idx)
 
     def forward(self, layer_idx: int, state: TokenState, metric: LayerMetric) -> TokenState:
         candidates = state.valid() & ~state.protected()
@@ -171,8 +199,9 @@ class SmartTrimReducer(TokenReducer):
         if self.training:
             token_fraction = keep.sum(dim=1) / self._originals
             head_fraction = self._head_fraction.get(layer_idx, torch.ones_like(token_fraction))
+            neuron_fraction = self._neuron_fraction.get(layer_idx, torch.ones_like(token_fraction))
             share = self.options["attention_share"]
-            cost = (token_fraction * (share * head_fraction + 1 - share)).mean()
+            cost = (token_fraction * (share * head_fraction + (1 - share) * neuron_fraction)).mean()
             self._cost_terms.append((cost - self.target_keep(layer_idx)) ** 2)
         return remove_dropped(state, drop, keep, masked=self.training)
 

@@ -21,7 +21,7 @@ from ...reduce import HeadMask, LayerMetric, TokenReducer, TokenState
 
 
 def head_features(active: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """Indices of the `active` heads' features in a `[heads * head_dim]` projection."""
+    """Indices of the `active` heads' (or neuron groups') features in a `[heads * head_dim]` projection."""
     return (active[:, None] * head_dim + torch.arange(head_dim, device=active.device)).reshape(-1)
 
 
@@ -39,6 +39,25 @@ def scale_heads(context: torch.Tensor, head_mask: HeadMask | None) -> torch.Tens
         return context
     weight = head_mask.weight if head_mask.active is None else head_mask.weight[:, head_mask.active]
     return context * weight[:, :, None, None].to(context.dtype)
+
+
+def feed_forward(hidden: torch.Tensor, up: nn.Linear, activation, down: nn.Linear,
+                 neurons: HeadMask | None) -> torch.Tensor:
+    """`down(activation(up(hidden)))`, with each sample's skipped neuron groups (`neurons`, over groups of
+    consecutive intermediate features) contributing nothing; groups no sample runs are not computed."""
+    neurons = sliceable_heads(neurons, up, down)
+    if neurons is None:
+        return down(activation(up(hidden)))
+    group_size = up.out_features // neurons.weight.shape[1]
+    weight = neurons.weight
+    if neurons.active is None:
+        inner = activation(up(hidden))
+    else:  # only the groups some sample runs: their rows of `up`, their columns of `down`
+        features = head_features(neurons.active, group_size)
+        inner = activation(F.linear(hidden, up.weight[features], up.bias[features]))
+        weight = weight[:, neurons.active]
+    inner = inner * weight.repeat_interleave(group_size, dim=1)[:, None, :].to(inner.dtype)
+    return down(inner) if neurons.active is None else F.linear(inner, down.weight[:, features], down.bias)
 
 
 class PrunedBlipAttention(BlipAttention):
@@ -83,7 +102,13 @@ class PrunedBlipEncoderLayer(BlipEncoderLayer):
         state = state.with_hidden(hidden_states + attn_out)
         if reducer is not None and reducer.reduces_at(layer_idx):
             state = reducer(layer_idx, state, metric)
-        hidden = state.hidden + self.mlp(self.layer_norm2(state.hidden))
+        neurons = reducer.neuron_mask(layer_idx) if reducer is not None else None
+        if neurons is None:
+            hidden = state.hidden + self.mlp(self.layer_norm2(state.hidden))
+        else:
+            mlp = self.mlp
+            hidden = state.hidden + feed_forward(self.layer_norm2(state.hidden), mlp.fc1, mlp.activation_fn, mlp.fc2,
+                                                 neurons)
         return hidden, state.with_hidden(hidden)
 
 
@@ -150,7 +175,13 @@ class PrunedBlipTextLayer(BlipTextLayer):
         hidden = state.hidden
         if encoder_hidden_states is not None:
             hidden, _, _ = self.crossattention(hidden, encoder_bias, encoder_hidden_states, implementation)
-        hidden = self.feed_forward_chunk(hidden)
+        neurons = reducer.neuron_mask(layer_idx) if reducer is not None else None
+        if neurons is None:
+            hidden = self.feed_forward_chunk(hidden)
+        else:  # BERT's output block around the trimmed feed-forward: dropout, residual, LayerNorm
+            inner = feed_forward(hidden, self.intermediate.dense, self.intermediate.intermediate_act_fn,
+                                 self.output.dense, neurons)
+            hidden = self.output.LayerNorm(self.output.dropout(inner) + hidden)
         return hidden, state.with_hidden(hidden)
 
 
@@ -170,7 +201,7 @@ def run_encoder(layers: nn.ModuleList, reducer: TokenReducer | None, state: Toke
 
 
 def build_reducer(pruning_config, modality: str, hidden_size: int, num_layers: int, num_heads: int = 1,
-                  guidance_size: int = 0) -> TokenReducer | None:
+                  guidance_size: int = 0, intermediate_size: int | None = None) -> TokenReducer | None:
     """The reducer of one encoder, or `None` when that encoder keeps every token (the stock computation)."""
     from ...reduce import get_reducer_class
 
@@ -178,8 +209,13 @@ def build_reducer(pruning_config, modality: str, hidden_size: int, num_layers: i
         return None
     reducer_class = get_reducer_class(pruning_config.method)
     schedule = pruning_config.keep_schedule(modality, num_layers)
-    return reducer_class(schedule, hidden_size, num_layers, pruning_config.method_options, num_heads=num_heads,
-                         guidance_size=guidance_size)
+    reducer = reducer_class(schedule, hidden_size, num_layers, pruning_config.method_options, num_heads=num_heads,
+                            guidance_size=guidance_size)
+    groups = reducer.options.get("neuron_groups")
+    if reducer.options.get("trim_neurons") and intermediate_size is not None and intermediate_size % groups:
+        raise ValueError(f"PruningConfig.method_options['neuron_groups']={groups} is invalid for the {modality} "
+                         f"encoder: allowed divisors of its feed-forward width {intermediate_size}.")
+    return reducer
 
 
 class PrunedBlipVisionEncoder(nn.Module):
@@ -190,7 +226,7 @@ class PrunedBlipVisionEncoder(nn.Module):
         self.config = config
         self.layers = nn.ModuleList([PrunedBlipEncoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.reducer = build_reducer(pruning_config, "vision", config.hidden_size, config.num_hidden_layers,
-                                     config.num_attention_heads)
+                                     config.num_attention_heads, intermediate_size=config.intermediate_size)
         self.proportional_attention = pruning_config.proportional_attention
         self.gradient_checkpointing = False
 
@@ -208,7 +244,8 @@ class PrunedBlipTextEncoder(nn.Module):
         self.layer = nn.ModuleList([PrunedBlipTextLayer(config, i) for i in range(config.num_hidden_layers)])
         # Text layers cross-attend to image tokens: their summary guides the text reducer.
         self.reducer = build_reducer(pruning_config, "text", config.hidden_size, config.num_hidden_layers,
-                                     config.num_attention_heads, config.encoder_hidden_size)
+                                     config.num_attention_heads, config.encoder_hidden_size,
+                                     intermediate_size=config.intermediate_size)
         self.proportional_attention = pruning_config.proportional_attention
         self.gradient_checkpointing = False
 
