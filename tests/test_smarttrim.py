@@ -38,8 +38,9 @@ def test_untrained_trimmers_keep_everything_so_fine_tuning_starts_from_the_unpru
     assert torch.equal(trimmed, full)
 
 
-def test_masked_training_and_compacted_inference_agree_on_tokens_heads_neurons_and_outputs():
-    model, inputs = trimming_model(), make_inputs(batch=4, length=9)
+@pytest.mark.parametrize("fuse_dropped", [False, True])
+def test_masked_training_and_compacted_inference_agree_on_tokens_heads_neurons_and_outputs(fuse_dropped):
+    model, inputs = trimming_model(fuse_dropped=fuse_dropped), make_inputs(batch=4, length=9)
     heads, neurons = [], []
     model.vision_model.encoder.layers[1].self_attn.register_forward_pre_hook(
         lambda _, args, kwargs: heads.append(kwargs["head_mask"]), with_kwargs=True)
@@ -114,8 +115,9 @@ def test_the_task_loss_reaches_the_trimmers():
         assert trimmers["0"][2].weight.grad.abs().sum() > 0
 
 
-def test_a_sample_alone_matches_the_padded_batch():
-    model, inputs = trimming_model().eval(), make_inputs(batch=3, length=9)
+@pytest.mark.parametrize("fuse_dropped", [False, True])
+def test_a_sample_alone_matches_the_padded_batch(fuse_dropped):
+    model, inputs = trimming_model(fuse_dropped=fuse_dropped).eval(), make_inputs(batch=3, length=9)
     with torch.no_grad():
         together = model(**inputs).itm_score
         for row in range(3):
@@ -179,12 +181,38 @@ def test_the_attention_prior_drops_the_tokens_the_summary_token_attends_to_least
         assert attention[row, kept].min() > attention[row, dropped].max()
 
 
+def test_fuse_dropped_appends_the_size_weighted_mean_of_the_dropped_tokens():
+    torch.manual_seed(0)
+    options = SmartTrimReducer.resolve_options({"trim_heads": False, "attention_prior": 2.0, "fuse_dropped": True})
+    reducer = SmartTrimReducer({0: 0.5}, hidden_size=16, num_layers=1, options=options, num_heads=2).eval()
+    with torch.no_grad():  # the prior decides which tokens go
+        reducer.token_trimmers["0"][2].weight.zero_()
+        reducer.token_trimmers["0"][2].bias.zero_()
+    hidden = torch.randn(3, 12, 16)
+    metric = LayerMetric(queries=3 * torch.randn(3, 2, 12, 8), keys=torch.randn(3, 2, 12, 8),
+                         values=0.3 * torch.randn(3, 2, 12, 8))
+    sizes = torch.randint(1, 4, (3, 12)).float()
+    state = reducer.start(TokenState(hidden=hidden, size=sizes))
+    with torch.no_grad():
+        out = reducer(0, state, metric)
+    for row in range(3):
+        valid = out.valid()[row]
+        assert torch.equal(out.sizes()[row][valid].sum(), sizes[row].sum())  # nothing lost: sizes add up
+        kept = valid.sum() - 1  # the last valid token is the fused one
+        dropped = [i for i in range(1, 12) if not any(torch.equal(hidden[row, i], h) for h in out.hidden[row, :kept])]
+        assert 0 < len(dropped) < 11
+        weight = sizes[row, dropped] / sizes[row, dropped].sum()
+        assert torch.allclose(out.hidden[row, kept], weight @ hidden[row, dropped], atol=1e-6)
+        assert out.sizes()[row, kept] == sizes[row, dropped].sum()
+
+
 @pytest.mark.parametrize("options, name", [({"trimmer_ratio": 0}, "trimmer_ratio"),
                                            ({"attention_prior": -1.0}, "attention_prior"),
                                            ({"gumbel_temperature": -1}, "gumbel_temperature"),
                                            ({"attention_share": 1.5}, "attention_share"),
                                            ({"trim_heads": "yes"}, "trim_heads"),
                                            ({"trim_neurons": 1}, "trim_neurons"),
+                                           ({"fuse_dropped": "no"}, "fuse_dropped"),
                                            ({"neuron_groups": 0}, "neuron_groups"),
                                            ({"heads": 2}, "unknown option")])
 def test_bad_options_raise_value_errors(options, name):

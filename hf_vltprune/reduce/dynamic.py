@@ -1,5 +1,5 @@
-"""What per-sample (dynamic) methods share: straight-through keep decisions, and removing each sample's dropped
-tokens with masks in training or by gathering at inference."""
+"""What per-sample (dynamic) methods share: straight-through keep decisions, fusing each sample's dropped tokens
+into one, and removing them with masks in training or by gathering at inference."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ from .state import TokenState, keep_tokens
 def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """The value of `hard` with the gradient of `soft`."""
     return hard.to(soft.dtype) + soft - soft.detach()
+
+
+def fused_token(state: TokenState, drop: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`remove_dropped`'s `appended` token: the `weight`-weighted mean of each sample's dropped tokens (`weight`
+    `[B, N]`, zero on the tokens that stay), their total size and whether the sample dropped any."""
+    weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
+    hidden = weight[:, None, :].to(state.hidden.dtype) @ state.hidden
+    size = (state.sizes() * drop).sum(dim=1, keepdim=True)
+    return hidden, size, drop.any(dim=1, keepdim=True)
 
 
 def remove_dropped(state: TokenState, drop: torch.Tensor, keep: torch.Tensor, masked: bool,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LayerMetric, TokenReducer
-from .dynamic import remove_dropped, straight_through
+from .dynamic import fused_token, remove_dropped, straight_through
 from .registry import register_reducer
 from .state import TokenState
 
@@ -160,18 +160,11 @@ class MADTPReducer(TokenReducer):
         keep = straight_through(~drop, soft_keep) if self.training else (~drop).to(hidden.dtype)
         keep = torch.where(candidates, keep, torch.zeros_like(keep))
 
-        fused = self._fused_token(state, candidates, drop, keep, importance)
+        # Importance-weighted; `1 - keep` is 1 on dropped tokens and carries their decisions' gradient.
+        fused = fused_token(state, drop, importance * (1 - keep) * candidates)
         if self.training:
             self._record_ratio(layer_idx, state, candidates, keep, drop)
         return remove_dropped(state, drop, keep, masked=self.training, appended=fused)
-
-    def _fused_token(self, state: TokenState, candidates, drop, keep, importance) -> tuple[torch.Tensor, ...]:
-        """`[B, 1, C]` importance-weighted mean of the dropped tokens, its `[B, 1]` size and `[B, 1]` validity."""
-        weight = importance * (1 - keep) * candidates  # equals importance on dropped tokens; carries their gradient
-        weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
-        hidden = (weight[:, None, :].to(state.hidden.dtype) @ state.hidden)
-        size = (state.sizes() * drop).sum(dim=1, keepdim=True)
-        return hidden, size, drop.any(dim=1, keepdim=True)
 
     # ----------------------------------------------------------------------------------------------- losses
 

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .base import HeadMask, LayerMetric, TokenReducer
-from .dynamic import remove_dropped, straight_through
+from .dynamic import fused_token, remove_dropped, straight_through
 from .madtp import summary_attention_by_head
 from .registry import register_reducer
 from .state import TokenState
@@ -49,6 +49,8 @@ class SmartTrimReducer(TokenReducer):
         trim_heads: also trim self-attention heads.
         trim_neurons: also trim the feed-forward block, in `neuron_groups` groups of consecutive intermediate
             neurons (the feed-forward width must be a multiple of it).
+        fuse_dropped: fuse each sample's dropped tokens into one token, their size-weighted mean (as MADTP and EViT
+            do), instead of discarding them.
         trimmer_ratio: hidden width of the trimmer MLPs, as a fraction of the encoder width.
         initial_keep_logit: added to every keep logit, so an untrained trimmer keeps everything (the model starts
             as the unpruned one and learns to trim).
@@ -69,9 +71,9 @@ class SmartTrimReducer(TokenReducer):
 
     architectures = ("blip",)  # guided by a text encoder
 
-    default_options = {"trim_heads": True, "trim_neurons": False, "neuron_groups": 8, "trimmer_ratio": 0.125,
-                       "initial_keep_logit": 3.0, "gumbel_temperature": 1.0, "noise": False, "cost_weight": 2.0,
-                       "attention_share": 1 / 3, "attention_prior": 0.0}
+    default_options = {"trim_heads": True, "trim_neurons": False, "neuron_groups": 8, "fuse_dropped": False,
+                       "trimmer_ratio": 0.125, "initial_keep_logit": 3.0, "gumbel_temperature": 1.0, "noise": False,
+                       "cost_weight": 2.0, "attention_share": 1 / 3, "attention_prior": 0.0}
     needs_training = True
     paper = ("Wang et al., SmartTrim: Adaptive Tokens and Attention Pruning for Efficient Vision-Language Models, "
              "LREC-COLING 2024")
@@ -101,7 +103,7 @@ class SmartTrimReducer(TokenReducer):
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"PruningConfig.method_options['neuron_groups']={groups!r} is invalid for method "
                              "'smarttrim': allowed integers >= 1 that divide the feed-forward width.")
-        for name in ("trim_heads", "trim_neurons", "noise"):
+        for name in ("trim_heads", "trim_neurons", "fuse_dropped", "noise"):
             if not isinstance(options[name], bool):
                 raise ValueError(f"PruningConfig.method_options[{name!r}]={options[name]!r} is invalid for method "
                                  "'smarttrim': allowed True or False.")
@@ -196,14 +198,18 @@ class SmartTrimReducer(TokenReducer):
         hard, keep = self._decide(logits)
         keep = keep * candidates
         drop = candidates & ~hard
+        fused = None
+        if self.options["fuse_dropped"]:  # `1 - keep` is 1 on dropped tokens and carries their decisions' gradient
+            fused = fused_token(state, drop, state.sizes() * (1 - keep) * candidates)
         if self.training:
-            token_fraction = keep.sum(dim=1) / self._originals
+            fused_count = fused[2][:, 0].to(keep.dtype) if fused is not None else 0
+            token_fraction = (keep.sum(dim=1) + fused_count) / self._originals
             head_fraction = self._head_fraction.get(layer_idx, torch.ones_like(token_fraction))
             neuron_fraction = self._neuron_fraction.get(layer_idx, torch.ones_like(token_fraction))
             share = self.options["attention_share"]
             cost = (token_fraction * (share * head_fraction + (1 - share) * neuron_fraction)).mean()
             self._cost_terms.append((cost - self.target_keep(layer_idx)) ** 2)
-        return remove_dropped(state, drop, keep, masked=self.training)
+        return remove_dropped(state, drop, keep, masked=self.training, appended=fused)
 
     def initialize_parameter(self, name: str, param: torch.Tensor) -> None:
         if name == "attention_prior":
