@@ -32,11 +32,12 @@ def _add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args) -> int:
-    """Data -> base model (trained once, cached) -> every method at a few budgets -> accuracy/GFLOPs/latency."""
+    """Data -> base model (trained once, cached) -> every method at a few budgets (the learned ones after a short
+    fine-tune) -> accuracy/GFLOPs/latency."""
     from .demo import run_demo
 
     run_demo(output_dir=args.output, preset=args.preset, budgets=args.budgets, seed=args.seed,
-             max_examples=args.max_examples)
+             max_examples=args.max_examples, finetune_steps=args.finetune_steps)
     return 0
 
 
@@ -175,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25], help="vision keep ratios")
         sub.add_argument("--max-examples", type=int, default=500, help="validation examples to score")
         sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--finetune-steps", type=int, default=100,
+                         help="short fine-tune of the methods that learn (MADTP, SmartTrim); 0: score them untrained")
 
     train = command("train-base", cmd_train_base)
     train.add_argument("--preset", default="tiny", choices=sorted(PRESETS))

@@ -50,20 +50,25 @@ def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
     card = (pruned_dir / "README.md").read_text()
     assert f"| `itm_accuracy` | {evaluated['itm_accuracy']:.1%} |" in card and "model-index" in card
 
-    assert main(["demo", "--preset", "micro", "--output", str(tmp_path / "demo"), "--budgets", "0.5"]) == 0
+    assert main(["demo", "--preset", "micro", "--output", str(tmp_path / "demo"), "--budgets", "0.5",
+                 "--finetune-steps", "2"]) == 0
     report = json.loads((tmp_path / "demo" / "quality.json").read_text())
     rows = {(r["method"], r["vision_keep"]): r for r in report["rows"]}
     assert {("unpruned", 1.0), ("tome", 0.5), ("crossget", 0.5), ("random", 0.5)} <= set(rows)
     assert {method for method, _ in rows} == {"unpruned", *reducer_names("blip")}  # LLaVA-only methods left out
-    assert rows[("madtp", 0.5)]["status"] == "untrained"
+    assert rows[("madtp", 0.5)]["status"] == rows[("smarttrim", 0.5)]["status"] == "fine-tuned"
+    assert rows[("tome", 0.5)]["status"] == "ok"
     assert rows[("tome", 0.5)]["gflops"] < rows[("unpruned", 1.0)]["gflops"]
     assert (tmp_path / "demo" / "quality.png").stat().st_size > 0
     assert "| tome | 0.5 | ok |" in (tmp_path / "demo" / "quality.md").read_text()
     # The demo trained the cached base model once; a second call reuses it.
     cached = cache / "models" / f"blip-itm-micro-seed0-data{DATA_VERSION}" / "metrics.json"
     stamp = cached.stat().st_mtime
-    assert main(["demo", "--preset", "micro", "--output", str(tmp_path / "demo2"), "--budgets", "0.5"]) == 0
+    assert main(["demo", "--preset", "micro", "--output", str(tmp_path / "demo2"), "--budgets", "0.5",
+                 "--finetune-steps", "0"]) == 0
     assert cached.stat().st_mtime == stamp
+    again = json.loads((tmp_path / "demo2" / "quality.json").read_text())["rows"]
+    assert {r["status"] for r in again if r["method"] in ("madtp", "smarttrim")} == {"untrained"}
 
 
 def test_vqa_base_model_trains_generates_and_evaluates(cache, tmp_path):

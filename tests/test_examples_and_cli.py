@@ -34,6 +34,8 @@ def test_cli_convert_writes_a_pruned_checkpoint(tmp_path):
 def test_cli_reports_bad_values_without_a_traceback(tmp_path, capsys):
     assert main(["demo", "--preset", "micro", "--budgets", "1.5", "--output", str(tmp_path)]) == 2
     assert "vision_keep" in capsys.readouterr().err
+    assert main(["demo", "--preset", "micro", "--finetune-steps", "-1", "--output", str(tmp_path)]) == 2
+    assert "finetune_steps" in capsys.readouterr().err
 
 
 def test_cli_help_lists_the_subcommands(capsys):

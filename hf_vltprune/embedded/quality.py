@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -13,19 +14,38 @@ from ..measure import measure
 from ..reduce import get_reducer_class, reducer_names
 from ..report import markdown_table, save_report
 from .evaluation import evaluate_itm
+from .finetuning import finetune_pruned
 from .retrieval_training import RetrievalCollator
+
+# What fine-tuned best on the embedded benchmark (docs/benchmarks.md, runs 6 and 8). The methods' own defaults stay
+# those an untrained reducer needs (SmartTrim's keep everything until trained).
+FINETUNE_OPTIONS = {"smarttrim": {"trim_heads": False, "attention_prior": 3.0, "fuse_dropped": True}}
+FINETUNE_REDUCER_LEARNING_RATE = {"smarttrim": 1e-3, "madtp": 1e-2}
+
+
+def check_demo_options(budgets: list[float], finetune_steps: int) -> None:
+    """`ValueError` for a `vision_keep` budget or a `finetune_steps` out of range."""
+    for keep in budgets:
+        PruningConfig(vision_keep=keep)
+    if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or finetune_steps < 0:
+        raise ValueError(f"finetune_steps={finetune_steps!r} is invalid: allowed integers >= 0 (0: no fine-tuning).")
 
 
 def compare_methods(model, processor, dataset, budgets: list[float], methods: list[str] | None = None,
-                    seed: int = 0, latency_batch: int = 32) -> list[dict]:
+                    seed: int = 0, latency_batch: int = 32, finetune_steps: int = 0,
+                    train_dataset=None) -> list[dict]:
     """Evaluate the unpruned model and each method at each `vision_keep` budget.
 
-    Each row: method, vision_keep, ITM accuracy, retrieval recall@1 (image to text), GFLOPs per sample and latency
-    (median ms for a batch of `latency_batch` validation examples). Methods that only work once fine-tuned (MADTP)
-    are scored as they are, with `status="untrained"`. `methods` defaults to every method built for BLIP.
+    Each row: method, vision_keep, status, ITM accuracy, retrieval recall@1 (image to text), GFLOPs per sample and
+    latency (median ms for a batch of `latency_batch` validation examples). Methods that only work once fine-tuned
+    (MADTP, SmartTrim) get a short fine-tune of `finetune_steps` on `train_dataset` (`finetune_pruned`, with
+    `FINETUNE_OPTIONS`; `status="fine-tuned"`), or with `finetune_steps=0` are scored as they are
+    (`status="untrained"`); the other methods and the unpruned model are not trained. `methods` defaults to every
+    method built for BLIP.
     """
-    for keep in budgets:
-        PruningConfig(vision_keep=keep)  # every budget is validated before the long work starts
+    check_demo_options(budgets, finetune_steps)  # before the long work starts
+    if finetune_steps and train_dataset is None:
+        raise ValueError("finetune_steps > 0 needs a train_dataset to fine-tune the learned methods on.")
     methods = list(methods or reducer_names("blip"))
     unknown = [m for m in methods if m not in reducer_names("blip")]
     if unknown:
@@ -37,13 +57,23 @@ def compare_methods(model, processor, dataset, budgets: list[float], methods: li
     runs = [("unpruned", 1.0)] + [(m, keep) for m in methods for keep in budgets]
     rows = []
     for method, keep in tqdm(runs, desc="methods x budgets"):
-        pruning = PruningConfig(method="tome" if method == "unpruned" else method, vision_keep=keep)
-        candidate = get_pruned_model(model, pruning).eval()
+        learned = method != "unpruned" and get_reducer_class(method).needs_training
+        finetune = learned and finetune_steps > 0
+        pruning = PruningConfig(method="tome" if method == "unpruned" else method, vision_keep=keep,
+                                method_options=FINETUNE_OPTIONS.get(method, {}) if finetune else {})
+        candidate = get_pruned_model(model, pruning)
+        if finetune:
+            torch.manual_seed(seed)
+            with tempfile.TemporaryDirectory() as folder:
+                candidate = finetune_pruned(candidate, processor, train_dataset, folder, max_steps=finetune_steps,
+                                            reducer_learning_rate=FINETUNE_REDUCER_LEARNING_RATE.get(method, 1e-2),
+                                            seed=seed, disable_tqdm=True).model
+        candidate.eval()
         torch.manual_seed(seed)  # the random baseline draws the same tokens every run
         metrics = evaluate_itm(candidate, dataset, processor)
         cost = measure(candidate, sample, latency_repeats=5, warmup=1)
-        learned = method != "unpruned" and get_reducer_class(method).needs_training
-        rows.append(dict(method=method, vision_keep=keep, status="untrained" if learned else "ok",
+        status = ("fine-tuned" if finetune else "untrained") if learned else "ok"
+        rows.append(dict(method=method, vision_keep=keep, status=status,
                          itm_accuracy=round(100 * metrics["itm_accuracy"], 2),
                          recall_at_1=round(100 * metrics["image_to_text_recall@1"], 2),
                          gflops=round(cost.gflops, 4), latency_ms=round(cost.latency_ms, 2)))
@@ -81,11 +111,11 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
         print(f"matplotlib is not installed (pip install 'hf-vltprune[bench]'): no plot written to {path}")
         return
     figure, axis = plt.subplots(figsize=(6, 4))
-    done = [r for r in rows if r["status"] in ("ok", "untrained")]
+    done = [r for r in rows if r["status"] in ("ok", "untrained", "fine-tuned")]
     for method, status in dict.fromkeys((r["method"], r["status"]) for r in done):
         points = sorted((r["gflops"], r["itm_accuracy"]) for r in done if r["method"] == method)
-        axis.plot(*zip(*points), marker="o" if status == "ok" else "x", label=method + (
-            " (untrained)" if status == "untrained" else ""))
+        axis.plot(*zip(*points), marker="x" if status == "untrained" else "o", label=method + (
+            "" if status == "ok" else f" ({status})"))
     axis.set_xlabel("GFLOPs per sample")
     axis.set_ylabel("ITM accuracy (%)")
     axis.set_title(title, fontsize=9)
