@@ -3,7 +3,8 @@
     python benchmarks/quality_blip.py --preset tiny            # CPU
     python benchmarks/quality_blip.py --preset small           # GPU
 
-Uses (or trains once and caches) the preset's base model, scores the validation split and writes `quality.json`,
+Uses (or trains once and caches) the preset's base model, gives the methods that learn (MADTP, SmartTrim) a short
+fine-tune (`--finetune-steps`; 0 scores them untrained), scores the validation split and writes `quality.json`,
 `quality.md` and `quality.png` to `--out`. The report says
 whether the unpruned model beats `random` at keep 0.25 by >= 5 points (else the task cannot judge methods).
 """
@@ -21,9 +22,11 @@ def main(argv=None):
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.75, 0.5, 0.25])
     parser.add_argument("--max-examples", type=int, default=None, help="validation examples (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finetune-steps", type=int, default=100, help="of MADTP and SmartTrim (0: untrained)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
-    run_demo(args.out, preset=args.preset, budgets=args.budgets, seed=args.seed, max_examples=args.max_examples)
+    run_demo(args.out, preset=args.preset, budgets=args.budgets, seed=args.seed, max_examples=args.max_examples,
+             finetune_steps=args.finetune_steps)
 
 
 if __name__ == "__main__":
