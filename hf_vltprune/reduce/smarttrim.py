@@ -131,14 +131,13 @@ class SmartTrimReducer(TokenReducer):
         self._originals: torch.Tensor | None = None
         self._head_fraction: dict[int, torch.Tensor] = {}
         self._head_keep: dict[int, torch.Tensor] = {}  # [B, heads in the metric]: which of them each sample runs
-        self._neuron_fraction: dict[int, torch.Tensor] = {}
         self._neuron_masks: dict[int, HeadMask] = {}
         self._cost_terms: list[torch.Tensor] = []
 
     def start(self, state: TokenState, guidance: torch.Tensor | None = None) -> TokenState:
         self._guidance = guidance
         self._originals = (state.valid() & ~state.protected()).sum(dim=1).clamp_min(1)
-        self._head_fraction, self._head_keep, self._neuron_fraction, self._neuron_masks = {}, {}, {}, {}
+        self._head_fraction, self._head_keep, self._neuron_masks = {}, {}, {}
         return state
 
     def _summary(self, state: TokenState) -> torch.Tensor:
@@ -176,9 +175,7 @@ class SmartTrimReducer(TokenReducer):
             return None
         # Neuron groups are decided here too, from the same summaries, so the layer's cost term can count them.
         if self.options["trim_neurons"]:
-            mask, _ = self._unit_mask(self.neuron_trimmers[str(layer_idx)], state)
-            self._neuron_masks[layer_idx] = mask
-            self._neuron_fraction[layer_idx] = mask.weight.mean(dim=1)
+            self._neuron_masks[layer_idx], _ = self._unit_mask(self.neuron_trimmers[str(layer_idx)], state)
         if not self.options["trim_heads"]:
             return None
         mask, runs = self._unit_mask(self.head_trimmers[str(layer_idx)], state)
@@ -205,7 +202,8 @@ class SmartTrimReducer(TokenReducer):
             fused_count = fused[2][:, 0].to(keep.dtype) if fused is not None else 0
             token_fraction = (keep.sum(dim=1) + fused_count) / self._originals
             head_fraction = self._head_fraction.get(layer_idx, torch.ones_like(token_fraction))
-            neuron_fraction = self._neuron_fraction.get(layer_idx, torch.ones_like(token_fraction))
+            neurons = self._neuron_masks.get(layer_idx)
+            neuron_fraction = neurons.weight.mean(dim=1) if neurons is not None else torch.ones_like(token_fraction)
             share = self.options["attention_share"]
             cost = (token_fraction * (share * head_fraction + (1 - share) * neuron_fraction)).mean()
             self._cost_terms.append((cost - self.target_keep(layer_idx)) ** 2)
