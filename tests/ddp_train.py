@@ -1,8 +1,13 @@
-"""Run by `torchrun --nproc_per_node 2 -m tests.ddp_train OUT` (see test_training.py): a few DDP steps on CPU with
-gloo, then each rank writes what it ended with to OUT/rank<r>.json."""
+"""Run by `torchrun --nproc_per_node 2 -m tests.ddp_train OUT JOB` (see test_training.py): a few DDP steps on CPU
+with gloo, then each rank writes what it ended with to OUT/rank<r>.json.
+
+JOB `finetune`: `PruningTrainer` with the keep-ratio schedule and self-distillation on a pruned model; `base`:
+`train_base_model` (the `RetrievalPretrainer` with grounding losses) on the micro preset, data cached in OUT.
+"""
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +28,7 @@ def parameter_digest(model) -> str:
     return digest.hexdigest()
 
 
-def main(out: Path) -> None:
+def finetune(out: Path) -> None:
     model = tiny_retrieval_model(seed=0)
     initial = parameter_digest(model)
     recorder = ProgressRecorder()
@@ -43,5 +48,23 @@ def main(out: Path) -> None:
     }))
 
 
+def base(out: Path) -> None:
+    os.environ["HF_VLTPRUNE_CACHE"] = str(out / "cache")
+    from hf_vltprune.embedded import base_models
+
+    digests = []
+
+    def evaluate_itm(model, *args, **kwargs):  # called with the trained model on every rank
+        digests.append(parameter_digest(model))
+        return scored(model, *args, **kwargs)
+
+    scored, base_models.evaluate_itm = base_models.evaluate_itm, evaluate_itm
+    base_models.train_base_model("micro", out / "model", max_steps=3)
+    Path(out, f"rank{torch.distributed.get_rank()}.json").write_text(json.dumps({
+        "world_size": torch.distributed.get_world_size(),
+        "checksum": digests[0],
+    }))
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    {"finetune": finetune, "base": base}[sys.argv[2]](Path(sys.argv[1]))

@@ -11,7 +11,14 @@ import shutil
 from pathlib import Path
 
 import huggingface_hub
-from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData, RepoCard, RepoUrl
+from huggingface_hub import (
+    CommitInfo,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    RepoCard,
+    RepoUrl,
+)
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 

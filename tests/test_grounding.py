@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from transformers import BlipConfig, BlipForImageTextRetrieval
+from transformers import BlipConfig, BlipForImageTextRetrieval, TrainingArguments
 
 from hf_vltprune.data import SceneSpec, make_example, statement_text
 from hf_vltprune.data.processor import build_processor
@@ -12,14 +12,18 @@ from hf_vltprune.data.texts import empty_statement
 from hf_vltprune.embedded.grounding import (
     COLOR_IDS,
     SHAPE_IDS,
-    BlipWithGroundingHeads,
     GroundingHeads,
     covered_patches,
     grid_centres,
     noun_targets,
     patch_labels,
 )
-from hf_vltprune.embedded.retrieval_training import RetrievalCollator, itc_itm_loss
+from hf_vltprune.embedded.retrieval_training import (
+    RetrievalCollator,
+    RetrievalPretrainer,
+    RetrievalPretrainingModel,
+    itc_itm_loss,
+)
 
 GRID = 8
 RED_CIRCLE = dict(shape="circle", color="red", size="small", x=0.1875, y=0.1875)  # centre of patch (1, 1)
@@ -114,7 +118,8 @@ def test_grounding_losses_train_beside_a_stock_blip(tiny_processor, micro_rows):
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=32, patch_size=8),
         projection_dim=32, image_text_hidden_size=32)
-    model = BlipWithGroundingHeads(BlipForImageTextRetrieval(config)).eval()  # eval: no dropout, same loss twice
+    model = RetrievalPretrainingModel(BlipForImageTextRetrieval(config), grounding_weight=0.5)
+    model.eval()  # no dropout: the same loss twice
     batch = RetrievalCollator(tiny_processor, train=True, patch_grid=4)(micro_rows)
     assert len(batch["noun_rows"]) > 0
     loss, parts = itc_itm_loss(model.blip, batch, grounding=model.grounding, grounding_weight=0.5)
@@ -124,9 +129,19 @@ def test_grounding_losses_train_beside_a_stock_blip(tiny_processor, micro_rows):
     assert not grounding_parts & set(plain_parts)
     assert loss.item() == pytest.approx(plain_loss.item() + 0.5 * sum(v for k, v in parts.items() if k in
                                         grounding_parts | {"noun_positions"}), rel=1e-5)
+    assert model(**batch)["loss"].item() == pytest.approx(loss.item(), rel=1e-6)  # what the Trainer calls
     loss.backward()
     for head in (model.grounding.patch_color, model.grounding.patch_shape, model.grounding.patch_position):
         assert head.weight.grad.abs().sum() > 0
     assert model.blip.text_encoder.encoder.layer[0].crossattention.self.query.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="patch_grid"):
         itc_itm_loss(model.blip, RetrievalCollator(tiny_processor, train=True)(micro_rows), grounding=model.grounding)
+
+
+def test_the_pretrainer_wraps_a_bare_blip_and_rejects_a_negative_grounding_weight(tmp_path, blip_config):
+    blip = BlipForImageTextRetrieval(blip_config)
+    trainer = RetrievalPretrainer(model=blip, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"))
+    assert isinstance(trainer.model, RetrievalPretrainingModel)
+    assert trainer.model.blip is blip and trainer.model.grounding is None  # ITC + ITM only
+    with pytest.raises(ValueError, match="grounding_weight=-1"):
+        RetrievalPretrainingModel(blip, grounding_weight=-1)

@@ -145,18 +145,40 @@ def test_distillation_loss_is_the_tempered_kl():
         distillation_loss(student, teacher[:, :2])
 
 
-def test_two_processes_end_with_identical_parameters_and_schedule(tmp_path):
+def run_two_processes(out: Path, job: str) -> list[dict]:
+    """`tests/ddp_train.py JOB` under `torchrun` with 2 CPU processes; what each rank reported."""
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               "-m", "tests.ddp_train", str(tmp_path)]
-    out = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+               "-m", "tests.ddp_train", str(out), job]
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_two_processes_end_with_identical_parameters_and_schedule(tmp_path):
+    ranks = run_two_processes(tmp_path, "finetune")
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert ranks[0]["progress"] == ranks[1]["progress"] == [0.0, 0.5, 1.0]
     assert ranks[0]["final_progress"] == ranks[1]["final_progress"] == [1.0]
     assert ranks[0]["checksum"] == ranks[1]["checksum"] != ranks[0]["initial_checksum"]
+
+
+def test_base_model_training_runs_on_two_processes(tmp_path):
+    """`train_base_model` under DDP: both ranks end with the same trained weights, which the first one saved."""
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    from .ddp_train import parameter_digest
+
+    ranks = run_two_processes(tmp_path, "base")
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    saved = tmp_path / "model"
+    assert parameter_digest(BlipForImageTextRetrieval.from_pretrained(saved)) == ranks[0]["checksum"]
+    torch.manual_seed(0)  # the initialisation train_base_model starts from
+    assert parameter_digest(BlipForImageTextRetrieval(BlipConfig.from_pretrained(saved))) != ranks[0]["checksum"]
+    log = json.loads((saved / "metrics.json").read_text())["log_history"]
+    assert any("attention_grounding" in entry for entry in log)  # the grounding losses trained too
 
 
 def test_reducer_parameters_can_train_at_their_own_learning_rate(tmp_path):

@@ -19,9 +19,12 @@ from ..data import SceneSpec, make_dataset
 from ..data.dataset import DATA_VERSION
 from ..data.processor import build_processor, dataset_corpus
 from .evaluation import evaluate_itm
-from .grounding import BlipWithGroundingHeads
 from .presets import Preset, get_preset
-from .retrieval_training import RetrievalCollator, RetrievalPretrainer
+from .retrieval_training import (
+    RetrievalCollator,
+    RetrievalPretrainer,
+    RetrievalPretrainingModel,
+)
 from .vqa_training import VqaCollator, evaluate_vqa
 
 TASKS = ("retrieval", "vqa")
@@ -72,24 +75,25 @@ def train_base_model(preset: Preset | str, output_dir: str | Path, task: str = "
         raise ValueError(f"task={task!r} is invalid: allowed {TASKS}.")
     preset = get_preset(preset) if isinstance(preset, str) else preset
     output_dir = Path(output_dir)
-    data = task_data(preset, seed)
+    args = _training_arguments(preset, output_dir, max_steps or preset.max_steps, seed, report_to)
+    with args.main_process_first(desc="synthetic data"):  # several processes: one generates, the others read
+        data = task_data(preset, seed)
     processor = build_processor(dataset_corpus(data["train"]), preset.image_size)
     torch.manual_seed(seed)
-    args = _training_arguments(preset, output_dir, max_steps or preset.max_steps, seed, report_to)
     if task == "retrieval":
         model = BlipForImageTextRetrieval(preset.blip_config(processor.tokenizer))
         grid = preset.image_size // preset.patch_size if preset.grounding else None
         collator = RetrievalCollator(processor, train=True, seed=seed, patch_grid=grid)
-        trainer = RetrievalPretrainer(model=BlipWithGroundingHeads(model) if grid else model, args=args,
-                                      train_dataset=data["train"], data_collator=collator,
-                                      grounding_weight=preset.grounding)
+        trainer = RetrievalPretrainer(model=RetrievalPretrainingModel(model, grounding_weight=preset.grounding),
+                                      args=args, train_dataset=data["train"], data_collator=collator)
     else:
         model = BlipForQuestionAnswering(preset.blip_config(processor.tokenizer))
         trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=VqaCollator(processor))
     trainer.train()
     evaluate = evaluate_itm if task == "retrieval" else evaluate_vqa
     metrics = evaluate(model, data["validation"], processor)
-    save_trained(output_dir, model, processor, trainer, metrics, preset=preset.to_dict(), task=task, seed=seed)
+    if trainer.is_world_process_zero():
+        save_trained(output_dir, model, processor, trainer, metrics, preset=preset.to_dict(), task=task, seed=seed)
     return metrics
 
 

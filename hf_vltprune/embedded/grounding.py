@@ -12,8 +12,8 @@ every object is, so four auxiliary losses supervise what ITM has to discover:
 
 On the `tiny` preset they take relation statements from chance to over 90% in the same 1000 steps (ITM accuracy
 69.6% -> 80.0% on the data before count statements were de-biased); counting is still not learned. `docs/benchmarks.md`
-has the ablation. The heads live beside the model during training only: the saved model is a stock
-`BlipForImageTextRetrieval`.
+has the ablation. The heads live beside the model during training only
+(`hf_vltprune.embedded.RetrievalPretrainingModel`): the saved model is a stock `BlipForImageTextRetrieval`.
 """
 
 from __future__ import annotations
@@ -138,12 +138,3 @@ class GroundingHeads(nn.Module):
                 predicted = self.noun_position(fused[rows[single], tokens[single]]).sigmoid()
                 losses["noun_positions"] = 10 * F.mse_loss(predicted, batch["noun_centres"][single])
         return losses
-
-
-class BlipWithGroundingHeads(nn.Module):
-    """A BLIP retrieval model and its `GroundingHeads`, trained together; save `.blip` alone."""
-
-    def __init__(self, blip):
-        super().__init__()
-        self.blip = blip
-        self.grounding = GroundingHeads(blip.config.vision_config.hidden_size, blip.config.text_config.hidden_size)

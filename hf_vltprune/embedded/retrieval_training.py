@@ -6,10 +6,11 @@ import random
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import Trainer
 
 from ..data.texts import statement_pair, statement_text
-from .grounding import BlipWithGroundingHeads, GroundingHeads, noun_targets, patch_labels
+from .grounding import GroundingHeads, noun_targets, patch_labels
 
 
 class RetrievalCollator:
@@ -121,28 +122,47 @@ def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([F.pad(t, (0, length - t.shape[1])) for t in tensors])
 
 
-class RetrievalPretrainer(Trainer):
-    """The stock `Trainer` with `itc_itm_loss`; the loss parts appear in the logs.
+class RetrievalPretrainingModel(nn.Module):
+    """A BLIP retrieval model whose `forward` returns its pre-training loss (`itc_itm_loss`), with the
+    `GroundingHeads` beside it when `grounding_weight > 0`.
 
-    Give it a `BlipWithGroundingHeads` (and a collator with `patch_grid`) to add the grounding losses, each weighted
-    `grounding_weight`.
+    The loss is computed inside `forward` so that the `Trainer`'s DDP wrapper sees the pass and synchronises the
+    gradients of every process. Save `.blip` alone: the heads only serve training.
     """
 
-    def __init__(self, *args, temperature: float = 0.07, grounding_weight: float = 1.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.temperature, self.grounding_weight = temperature, grounding_weight
+    def __init__(self, blip, temperature: float = 0.07, grounding_weight: float = 0.0):
+        super().__init__()
+        if grounding_weight < 0:
+            raise ValueError(f"grounding_weight={grounding_weight} is invalid: allowed >= 0 (0 turns it off).")
+        self.blip, self.temperature, self.grounding_weight = blip, temperature, grounding_weight
+        vision, text = blip.config.vision_config.hidden_size, blip.config.text_config.hidden_size
+        self.grounding = GroundingHeads(vision, text) if grounding_weight else None
+
+    def forward(self, **batch) -> dict:
+        """`{"loss": ..., "parts": {name: float}}` for a `RetrievalCollator` batch."""
+        loss, parts = itc_itm_loss(self.blip, batch, self.temperature, grounding=self.grounding,
+                                   grounding_weight=self.grounding_weight)
+        return {"loss": loss, "parts": parts}
+
+
+class RetrievalPretrainer(Trainer):
+    """The stock `Trainer` on a `RetrievalPretrainingModel` (a bare BLIP retrieval model is wrapped in one, without
+    grounding); the loss parts appear in the logs. Runs on one process or many (`accelerate launch`, `torchrun`).
+    """
+
+    def __init__(self, model=None, *args, **kwargs):
+        if model is not None and not isinstance(model, RetrievalPretrainingModel):
+            model = RetrievalPretrainingModel(model)
+        super().__init__(model, *args, **kwargs)
         # The loss is a per-batch mean: let the Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self._parts: dict[str, list[float]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        model = self.accelerator.unwrap_model(model)
-        blip, grounding = (model.blip, model.grounding) if isinstance(model, BlipWithGroundingHeads) else (model, None)
-        loss, parts = itc_itm_loss(blip, inputs, self.temperature, grounding=grounding,
-                                   grounding_weight=self.grounding_weight)
-        for key, value in parts.items():
+        outputs = model(**inputs)
+        for key, value in outputs["parts"].items():
             self._parts.setdefault(key, []).append(value)
-        return (loss, None) if return_outputs else loss
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs and self._parts:

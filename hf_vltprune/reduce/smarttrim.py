@@ -37,6 +37,11 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1)
 
 
+def unit_fraction(mask: HeadMask | None, like: torch.Tensor) -> torch.Tensor:
+    """`[B]`: the fraction of a layer's heads or neuron groups each sample runs (all when there is no mask)."""
+    return mask.weight.mean(dim=1) if mask is not None else torch.ones_like(like)
+
+
 def trimmer(in_features: int, width: int, out_features: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_features, width), nn.GELU(), nn.Linear(width, out_features))
 
@@ -129,7 +134,7 @@ class SmartTrimReducer(TokenReducer):
                                                              options["neuron_groups"]) for i in layers})
         self._guidance: torch.Tensor | None = None
         self._originals: torch.Tensor | None = None
-        self._head_fraction: dict[int, torch.Tensor] = {}
+        self._head_masks: dict[int, HeadMask] = {}
         self._head_keep: dict[int, torch.Tensor] = {}  # [B, heads in the metric]: which of them each sample runs
         self._neuron_masks: dict[int, HeadMask] = {}
         self._cost_terms: list[torch.Tensor] = []
@@ -137,7 +142,7 @@ class SmartTrimReducer(TokenReducer):
     def start(self, state: TokenState, guidance: torch.Tensor | None = None) -> TokenState:
         self._guidance = guidance
         self._originals = (state.valid() & ~state.protected()).sum(dim=1).clamp_min(1)
-        self._head_fraction, self._head_keep, self._neuron_masks = {}, {}, {}
+        self._head_masks, self._head_keep, self._neuron_masks = {}, {}, {}
         return state
 
     def _summary(self, state: TokenState) -> torch.Tensor:
@@ -179,7 +184,7 @@ class SmartTrimReducer(TokenReducer):
         if not self.options["trim_heads"]:
             return None
         mask, runs = self._unit_mask(self.head_trimmers[str(layer_idx)], state)
-        self._head_fraction[layer_idx] = mask.weight.mean(dim=1)
+        self._head_masks[layer_idx] = mask
         self._head_keep[layer_idx] = runs  # the metric holds only the computed heads
         return mask
 
@@ -201,9 +206,8 @@ class SmartTrimReducer(TokenReducer):
         if self.training:
             fused_count = fused[2][:, 0].to(keep.dtype) if fused is not None else 0
             token_fraction = (keep.sum(dim=1) + fused_count) / self._originals
-            head_fraction = self._head_fraction.get(layer_idx, torch.ones_like(token_fraction))
-            neurons = self._neuron_masks.get(layer_idx)
-            neuron_fraction = neurons.weight.mean(dim=1) if neurons is not None else torch.ones_like(token_fraction)
+            head_fraction = unit_fraction(self._head_masks.get(layer_idx), token_fraction)
+            neuron_fraction = unit_fraction(self._neuron_masks.get(layer_idx), token_fraction)
             share = self.options["attention_share"]
             cost = (token_fraction * (share * head_fraction + (1 - share) * neuron_fraction)).mean()
             self._cost_terms.append((cost - self.target_keep(layer_idx)) ** 2)
