@@ -5,29 +5,41 @@
 Starts from the preset's base model (trained once and cached), converts it for each method and vision budget,
 fine-tunes it (`hf_vltprune.embedded.finetune_pruned`: keep-ratio warm-up over half the steps, self-distillation
 from the model with pruning off, the method's own losses), then scores ITM accuracy on the validation split and
-GFLOPs per sample (each sample alone, so per-instance methods are charged what they decided for it). Writes
-`finetune.json` and `finetune.md` to `--out`.
+GFLOPs per sample (each sample alone, so per-instance methods are charged what they decided for it), and each
+row's accuracy difference to the fine-tuned unpruned model with its paired 95% interval (`vs_unpruned`; the
+unpruned row is fine-tuned once per recipe and evaluation set and reused from `--out` by later runs). Writes
+`finetune.json` (with every row's per-statement correctness, for paired comparisons between any two rows) and
+`finetune.md` to `--out`.
 """
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from datasets import concatenate_datasets
 
 from hf_vltprune import PruningConfig, get_pruned_model, measure
 from hf_vltprune.embedded import (
     PRESETS,
     RetrievalCollator,
-    evaluate_itm,
+    base_model_dir,
     finetune_pruned,
     get_preset,
     load_base_model,
     task_data,
 )
+from hf_vltprune.embedded.evaluation import itm_predictions
+from hf_vltprune.metrics import paired_accuracy_difference
 from hf_vltprune.report import markdown_table
+
+
+def correctness(model, dataset, processor) -> torch.Tensor:
+    predictions, labels = itm_predictions(model, dataset, processor)
+    return (predictions == labels).int()
 
 
 def run(method, keep, args, base, processor, data, validation) -> dict:
@@ -38,22 +50,38 @@ def run(method, keep, args, base, processor, data, validation) -> dict:
                             method_options={} if unpruned else json.loads(args.method_options))
     torch.manual_seed(args.seed)
     model = get_pruned_model(base, pruning)
-    before = evaluate_itm(model, validation, processor)["itm_accuracy"]
+    before = correctness(model, validation, processor).float().mean().item()
     start = time.perf_counter()
     trainer = finetune_pruned(model, processor, data["train"], args.out / f"run-{method}-{keep}",
                               max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                               reducer_learning_rate=args.reducer_learning_rate, seed=args.seed, disable_tqdm=True)
     seconds = time.perf_counter() - start
     model = trainer.model.eval()
-    after = evaluate_itm(model, validation, processor)["itm_accuracy"]
+    correct = correctness(model, validation, processor)
     sample = RetrievalCollator(processor, train=False)([validation[i] for i in range(32)])
     sample = {k: v for k, v in sample.items() if k != "labels"}
     cost = measure(model, sample, latency_repeats=0, per_sample=True)
     return dict(method=method, vision_keep=keep, text_keep=pruning.text_keep,
-                itm_accuracy_before=round(100 * before, 2), itm_accuracy=round(100 * after, 2),
+                itm_accuracy_before=round(100 * before, 2), itm_accuracy=round(100 * correct.float().mean().item(), 2),
                 gflops=round(statistics.mean(cost.gflops_per_sample), 5),
                 keep_vision=round(statistics.mean(cost.keep_per_sample.get("vision_model", [1.0])), 3),
-                train_seconds=round(seconds, 1))
+                train_seconds=round(seconds, 1), correct="".join(map(str, correct.tolist())))
+
+
+def unpruned_row(args, base, processor, data, validation) -> dict:
+    """The unpruned model fine-tuned with the same recipe: run once per recipe and evaluation set, then read from
+    `--out` (it depends on the base model, not on the methods, budgets or their options)."""
+    recipe = {k: getattr(args, k) for k in ("preset", "steps", "batch_size", "learning_rate", "eval_splits",
+                                            "max_examples", "seed")}
+    recipe["base_model"] = hashlib.sha256((base_model_dir(args.preset, args.seed) / "model.safetensors").read_bytes()
+                                          ).hexdigest()
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    cached = args.out / f"unpruned-{key}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    row = run("unpruned", 1.0, args, base, processor, data, validation)
+    cached.write_text(json.dumps(row))
+    return row
 
 
 def main(argv=None):
@@ -69,7 +97,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--reducer-learning-rate", type=float, default=1e-2, help="of the methods' own parameters")
-    parser.add_argument("--max-examples", type=int, default=None, help="validation examples (default: all)")
+    parser.add_argument("--eval-splits", nargs="+", default=["validation"], choices=["validation", "test"],
+                        help="splits scored (both: twice the statements, a tighter interval)")
+    parser.add_argument("--max-examples", type=int, default=None, help="examples scored (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
@@ -78,19 +108,22 @@ def main(argv=None):
     preset = get_preset(args.preset)
     base, processor = load_base_model(preset, args.seed)
     data = task_data(preset, args.seed)
-    validation = data["validation"]
+    validation = concatenate_datasets([data[split] for split in args.eval_splits])
     if args.max_examples:
         validation = validation.select(range(min(args.max_examples, len(validation))))
     keeps = [args.vision_schedule[-1]] if args.vision_schedule else args.keeps
-    runs = [("unpruned", 1.0)] + [(m, keep) for keep in keeps for m in args.methods]
-    rows = [run(method, keep, args, base, processor, data, validation) for method, keep in runs]
+    rows = [unpruned_row(args, base, processor, data, validation)]
+    rows += [run(method, keep, args, base, processor, data, validation) for keep in keeps for method in args.methods]
 
-    reference = rows[0]["gflops"]
+    reference = rows[0]
     for row in rows:
-        row["gflops_change"] = round(100 * (row["gflops"] / reference - 1), 1)
+        row["gflops_change"] = round(100 * (row["gflops"] / reference["gflops"] - 1), 1)
+        difference, half_width = paired_accuracy_difference([int(c) for c in row["correct"]],
+                                                            [int(c) for c in reference["correct"]])
+        row["vs_unpruned"] = f"{100 * difference:+.1f} ± {100 * half_width:.1f}"
     (args.out / "finetune.json").write_text(json.dumps({"preset": preset.name, "steps": args.steps, "rows": rows},
                                                        indent=2))
-    columns = ["method", "vision_keep", "text_keep", "itm_accuracy_before", "itm_accuracy", "gflops",
+    columns = ["method", "vision_keep", "text_keep", "itm_accuracy_before", "itm_accuracy", "vs_unpruned", "gflops",
                "gflops_change", "keep_vision", "train_seconds"]
     table = markdown_table(rows, columns)
     (args.out / "finetune.md").write_text("\n".join(table) + "\n")

@@ -81,6 +81,26 @@ def test_scenes_use_the_declared_vocabulary_and_sizes():
     assert make_example(0, "test", 0, SPEC)["image"].size == (64, 64)
 
 
+def test_grid_scenes_line_every_object_up_with_the_patches():
+    from hf_vltprune.embedded.grounding import covered_patches
+
+    spec = SceneSpec(image_size=128, max_objects=4, grid=8)  # the tiny preset: 16 px patches
+    scenes = [sample_scene(random.Random(i), spec) for i in range(300)]
+    assert {len(objects) for objects in scenes} == {1, 2, 3, 4}
+    for objects in scenes:
+        for obj in objects:
+            # small (15 px): centred in a patch, covering it alone; large (28 px): on a patch corner, covering 2 x 2
+            offset, patches = (0.5, 1) if obj["size"] == "small" else (0.0, 4)
+            assert (obj["x"] * 8 - offset) % 1 == 0 and (obj["y"] * 8 - offset) % 1 == 0, obj
+            assert covered_patches([obj], 8).sum() == patches
+        for a in objects:  # no relation is a tie between the two axes
+            assert all(abs(a["x"] - b["x"]) != abs(a["y"] - b["y"]) for b in objects if b is not a)
+    free = [o for i in range(50) for o in sample_scene(random.Random(i), SceneSpec(image_size=128))]
+    assert not all((o["x"] * 8 - 0.5) % 1 == 0 for o in free)  # without a grid, anywhere
+    with pytest.raises(ValueError, match="grid"):
+        SceneSpec(image_size=64, grid=1)
+
+
 def test_count_texts_use_english_plurals():
     count = dict(empty_statement("count"), shape="cross", count=2)
     assert statement_text(count) == "there are two crosses."

@@ -95,6 +95,15 @@ def test_vqa_collator_builds_decoder_inputs_and_masked_labels(cache):
     assert bool((batch["labels"][padding] == -100).all()) and bool((batch["labels"][~padding] >= 0).all())
 
 
+def test_preset_scenes_line_objects_up_with_the_patches(cache):
+    from hf_vltprune.embedded import task_data
+
+    assert get_preset("tiny").scene_spec().grid == 8 and get_preset("small").scene_spec().grid == 14
+    assert dataclasses.replace(get_preset("tiny"), aligned_objects=False).scene_spec().grid is None
+    objects = [o for row in task_data(get_preset("micro"))["train"] for o in row["objects"]]
+    assert all((4 * o["x"] - 0.5) % 1 == 0 for o in objects)  # micro: 4 x 4 patches; every object a cell's centre
+
+
 def test_random_baseline_respects_budget_and_protects_cls():
     from hf_vltprune.reduce import LayerMetric, RandomDropReducer, TokenState
 
@@ -133,6 +142,12 @@ def test_metrics_on_hand_made_cases():
     assert metrics.vqa_exact_match(["Red.", " two ", "yes"], ["red", "two", "no"]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="itm_accuracy"):
         metrics.itm_accuracy([1], [1, 0])
+    difference, half_width = metrics.paired_accuracy_difference([1, 1, 0, 1], [1, 0, 0, 0])
+    assert difference == pytest.approx(0.5)  # two examples gained, none lost
+    assert half_width == pytest.approx(1.96 * (1 / 3) ** 0.5 / 2)  # z * std of the per-example differences / sqrt(n)
+    assert metrics.paired_accuracy_difference([1, 0, 1], [1, 0, 1]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="paired_accuracy_difference"):
+        metrics.paired_accuracy_difference([1, 0], [1, 0, 1])
     with pytest.raises(ValueError, match="square"):
         metrics.retrieval_recall(torch.zeros(2, 3))
     module = evaluate.load(metrics.metric_path("vqa_exact_match"))

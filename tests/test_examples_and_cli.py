@@ -89,3 +89,26 @@ def test_llava_quickstart_example_runs(capsys):
     runpy.run_path(str(ROOT / "examples" / "llava_quickstart.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "reloaded: LlavaPrunedForConditionalGeneration visionzip 16" in out
+
+
+def test_finetune_benchmark_compares_each_row_with_the_unpruned_one_pairwise(tmp_path, monkeypatch):
+    import json
+
+    from hf_vltprune.metrics import paired_accuracy_difference
+
+    monkeypatch.setenv("HF_VLTPRUNE_CACHE", str(tmp_path / "cache"))
+    finetune_blip = runpy.run_path(str(ROOT / "benchmarks" / "finetune_blip.py"))
+    finetune_blip["main"](["--preset", "micro", "--methods", "tome", "--keeps", "0.5", "--steps", "2",
+                           "--batch-size", "8", "--eval-splits", "validation", "test", "--out", str(tmp_path)])
+    unpruned, tome = json.loads((tmp_path / "finetune.json").read_text())["rows"]
+    assert len(tome["correct"]) == len(unpruned["correct"]) == 64  # micro: 32 validation + 32 test statements
+    assert tome["itm_accuracy"] == pytest.approx(100 * tome["correct"].count("1") / 64, abs=0.01)
+    difference, half_width = paired_accuracy_difference([int(c) for c in tome["correct"]],
+                                                        [int(c) for c in unpruned["correct"]])
+    assert tome["vs_unpruned"] == f"{100 * difference:+.1f} ± {100 * half_width:.1f}"
+    assert unpruned["vs_unpruned"] == "+0.0 ± 0.0" and tome["gflops"] < unpruned["gflops"]
+    assert "| tome | 0.5 |" in (tmp_path / "finetune.md").read_text()
+    finetune_blip["main"](["--preset", "micro", "--methods", "random", "--keeps", "0.5", "--steps", "2",
+                           "--batch-size", "8", "--eval-splits", "validation", "test", "--out", str(tmp_path)])
+    reused, _ = json.loads((tmp_path / "finetune.json").read_text())["rows"]
+    assert reused == unpruned and len(list(tmp_path.glob("unpruned-*.json"))) == 1  # fine-tuned once, then reused

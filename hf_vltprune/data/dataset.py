@@ -31,7 +31,7 @@ FEATURES = Features({
 SPLITS = ("train", "validation", "test")
 # Bumped whenever generated examples change: `datasets` fingerprints the generator's arguments, not the code it calls,
 # so without it a cache would keep serving examples of an older generator (and cached models are named after it).
-DATA_VERSION = 3
+DATA_VERSION = 4
 
 
 def make_example(seed: int, split: str, index: int, spec: SceneSpec) -> dict:

@@ -15,7 +15,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..data import SceneSpec, make_dataset
+from ..data import make_dataset
 from ..data.dataset import DATA_VERSION
 from ..data.processor import build_processor, dataset_corpus
 from .evaluation import evaluate_itm
@@ -37,8 +37,7 @@ def cache_dir() -> Path:
 
 def task_data(preset: Preset, seed: int = 0):
     """The preset's synthetic splits (generated once, then read from the `datasets` cache)."""
-    spec = SceneSpec(image_size=preset.image_size, clutter=preset.clutter, max_objects=preset.max_objects)
-    return make_dataset(preset.num_train, preset.num_validation, preset.num_test, seed=seed, spec=spec,
+    return make_dataset(preset.num_train, preset.num_validation, preset.num_test, seed=seed, spec=preset.scene_spec(),
                         num_proc=min(2, os.cpu_count() or 1), cache_dir=str(cache_dir() / "datasets"))
 
 

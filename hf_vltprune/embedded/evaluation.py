@@ -11,17 +11,28 @@ from .retrieval_training import RetrievalCollator
 
 
 @torch.no_grad()
-def evaluate_itm(model, dataset, processor, batch_size: int = 64, progress: bool = False) -> dict[str, float]:
-    """ITM accuracy on the split's true/false statements (overall and per statement kind: exists, count,
-    relation), and ITC retrieval recall between images and captions."""
+def itm_predictions(model, dataset, processor, batch_size: int = 64,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(predictions, labels)`: the ITM head's match / no-match decision and the label of each of the split's
+    statements, in order (on the CPU)."""
     model.eval()
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=RetrievalCollator(processor, train=False))
-    predictions, labels, image_feats, text_feats = [], [], [], []
+    predictions, labels = [], []
     for batch in tqdm(loader, desc="evaluating", disable=not progress):
         batch = {k: v.to(device) for k, v in batch.items()}
         labels.append(batch.pop("labels"))
         predictions.append(model(**batch).itm_score.argmax(-1))
+    return torch.cat(predictions).cpu(), torch.cat(labels).cpu()
+
+
+@torch.no_grad()
+def evaluate_itm(model, dataset, processor, batch_size: int = 64, progress: bool = False) -> dict[str, float]:
+    """ITM accuracy on the split's true/false statements (overall and per statement kind: exists, count,
+    relation), and ITC retrieval recall between images and captions."""
+    predictions, labels = itm_predictions(model, dataset, processor, batch_size, progress)
+    device = next(model.parameters()).device
+    image_feats, text_feats = [], []
     captions = processor.tokenizer(list(dataset["caption"]), padding=True, truncation=True, return_tensors="pt")
     for start in range(0, len(dataset), batch_size):
         rows = dataset.select(range(start, min(start + batch_size, len(dataset))))
@@ -33,7 +44,6 @@ def evaluate_itm(model, dataset, processor, batch_size: int = 64, progress: bool
         image_feats.append(torch.nn.functional.normalize(model.vision_proj(image_embeds[:, 0]), dim=-1))
         text_feats.append(torch.nn.functional.normalize(model.text_proj(text[:, 0]), dim=-1))
     similarity = torch.cat(image_feats) @ torch.cat(text_feats).t()
-    predictions, labels = torch.cat(predictions).cpu(), torch.cat(labels).cpu()
     kinds = [struct["kind"] for struct in dataset["statement_struct"]]
     per_kind = {f"itm_accuracy_{kind}": itm_accuracy(predictions[selected], labels[selected])
                 for kind in sorted(set(kinds)) if (selected := torch.tensor([k == kind for k in kinds])).any()}

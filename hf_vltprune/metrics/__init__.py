@@ -30,6 +30,20 @@ def itm_accuracy(predictions, references) -> float:
     return float((predictions == references).float().mean())
 
 
+def paired_accuracy_difference(correct, reference_correct, z: float = 1.96) -> tuple[float, float]:
+    """`(difference, half_width)`: accuracy of `correct` minus that of `reference_correct` (per-example 0/1, the
+    same examples in the same order) and the half-width of its normal-approximation confidence interval (`z` 1.96:
+    95%). Pairing removes the examples both get right or both get wrong from the noise, so two models scored on
+    the same split are compared far more tightly than their two separate accuracies' error bars suggest."""
+    correct = torch.as_tensor(correct, dtype=torch.float64)
+    reference_correct = torch.as_tensor(reference_correct, dtype=torch.float64)
+    if correct.shape != reference_correct.shape or correct.dim() != 1 or correct.numel() < 2:
+        raise ValueError(f"paired_accuracy_difference needs two equally long 1-D 0/1 sequences (>= 2 examples), "
+                         f"got {tuple(correct.shape)} and {tuple(reference_correct.shape)}.")
+    difference = correct - reference_correct
+    return float(difference.mean()), float(z * difference.std() / difference.numel() ** 0.5)
+
+
 def retrieval_recall(similarity, ks=(1, 5)) -> dict[str, float]:
     """Recall@k in both directions from an `[images, texts]` similarity where text i belongs to image i."""
     similarity = torch.as_tensor(similarity, dtype=torch.float32)
