@@ -13,11 +13,7 @@ from .models.blip import (
     BlipPrunedForQuestionAnswering,
     BlipPrunedModel,
 )
-from .models.llava import (
-    LlavaPrunedConfig,
-    LlavaPrunedForConditionalGeneration,
-    LlavaPrunedModel,
-)
+from .models.llava import LlavaPrunedConfig, LlavaPrunedForConditionalGeneration, LlavaPrunedModel
 from .reduce import pruning_disabled, reducer_names, register_reducer
 from .training import KeepRatioScheduler, PruningTrainer, SelfDistillation
 

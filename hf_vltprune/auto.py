@@ -24,11 +24,7 @@ from .models.blip import (
     BlipPrunedModel,
 )
 from .models.blip.modeling_blip_pruned import BLIP_PRUNED_CLASSES
-from .models.llava import (
-    LlavaPrunedConfig,
-    LlavaPrunedForConditionalGeneration,
-    LlavaPrunedModel,
-)
+from .models.llava import LlavaPrunedConfig, LlavaPrunedForConditionalGeneration, LlavaPrunedModel
 from .models.llava.modeling_llava_pruned import LLAVA_PRUNED_CLASSES
 
 # Stock class -> pruned class, for `get_pruned_model`.

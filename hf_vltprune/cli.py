@@ -99,11 +99,7 @@ def _attach_to_card(args, model, processor, split, evaluate, is_vqa, metrics) ->
 
 
 def _load_checkpoint(folder):
-    from transformers import (
-        AutoConfig,
-        BlipForImageTextRetrieval,
-        BlipForQuestionAnswering,
-    )
+    from transformers import AutoConfig, BlipForImageTextRetrieval, BlipForQuestionAnswering
 
     from .auto import AutoPrunedModel
 

@@ -23,11 +23,7 @@ from typing import Any, Callable
 
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .measure import batch_size_of, measure
@@ -137,9 +133,7 @@ def model_card(model_or_config, results: PruningResults | None = None, model_nam
         model_name: the card's title (default: the repository name, or "Pruned <architecture>").
         repo_id: where the checkpoint lives on the Hub, for the loading snippet.
     """
-    from .auto import (
-        loading_class,  # auto imports the models, which import this module: import it late
-    )
+    from .auto import loading_class  # auto imports the models, which import this module: import it late
 
     config = getattr(model_or_config, "config", model_or_config)
     if config is model_or_config:

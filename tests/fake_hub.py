@@ -11,14 +11,7 @@ import shutil
 from pathlib import Path
 
 import huggingface_hub
-from huggingface_hub import (
-    CommitInfo,
-    HfApi,
-    ModelCard,
-    ModelCardData,
-    RepoCard,
-    RepoUrl,
-)
+from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData, RepoCard, RepoUrl
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 

@@ -1,12 +1,7 @@
 """Head-by-head forward calls used by several test modules."""
 
 import torch
-from transformers import (
-    BlipForConditionalGeneration,
-    BlipForImageTextRetrieval,
-    BlipForQuestionAnswering,
-    BlipModel,
-)
+from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering, BlipModel
 
 STOCK_HEADS = [BlipModel, BlipForImageTextRetrieval, BlipForQuestionAnswering, BlipForConditionalGeneration]
 

@@ -1,12 +1,7 @@
 """A tiny LLaVA (small CLIP tower + small Llama) and prompts with image placeholders, built from configs."""
 
 import torch
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-)
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 IMAGE, PAD = 99, 0
 PATCHES = 16  # 32x32 images, 8x8 patches

@@ -8,12 +8,7 @@ import textwrap
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from transformers import (
-    AutoModelForVisualQuestionAnswering,
-    AutoProcessor,
-    BlipConfig,
-    BlipForImageTextRetrieval,
-)
+from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, BlipConfig, BlipForImageTextRetrieval
 
 from hf_vltprune import (
     AutoPrunedModel,
@@ -24,13 +19,7 @@ from hf_vltprune import (
 )
 from hf_vltprune.cli import main
 from hf_vltprune.data.processor import build_processor
-from hf_vltprune.hub import (
-    CARD_START,
-    PruningResults,
-    measure_against_unpruned,
-    model_card,
-    push_to_hub,
-)
+from hf_vltprune.hub import CARD_START, PruningResults, measure_against_unpruned, model_card, push_to_hub
 
 from .conftest import make_inputs, tiny_blip_config
 from .fake_hub import FakeHub

@@ -16,16 +16,7 @@ from hf_vltprune import (
 from hf_vltprune.models.llava.modeling_llava_pruned import LlavaPrunedModel
 from hf_vltprune.reduce.visionzip import dominant_and_contextual
 
-from .llava_setup import (
-    IMAGE,
-    PATCHES,
-    PROMPTS,
-    padded_batch,
-    pixels,
-    prompt,
-    tiny_llava,
-    tiny_llava_config,
-)
+from .llava_setup import IMAGE, PATCHES, PROMPTS, padded_batch, pixels, prompt, tiny_llava, tiny_llava_config
 
 # Each method at a budget that removes tokens, as a PruningConfig.
 REDUCING = {

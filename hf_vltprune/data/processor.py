@@ -5,22 +5,13 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterable
 
-from tokenizers import (
-    Tokenizer,
-    models,
-    normalizers,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertTokenizerFast, BlipProcessor
 
 if importlib.util.find_spec("torchvision") is not None:
     from transformers import BlipImageProcessor
 else:  # the same processing without torchvision (transformers would fall back to it with a warning)
-    from transformers.models.blip.image_processing_pil_blip import (
-        BlipImageProcessorPil as BlipImageProcessor,
-    )
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil as BlipImageProcessor
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
 # Scenes are drawn on a mid-grey background: normalise around it rather than with ImageNet statistics.

@@ -12,12 +12,7 @@ from .base_models import (
 from .evaluation import evaluate_itm
 from .finetuning import finetune_pruned
 from .presets import PRESETS, Preset, get_preset
-from .retrieval_training import (
-    RetrievalCollator,
-    RetrievalPretrainer,
-    RetrievalPretrainingModel,
-    itc_itm_loss,
-)
+from .retrieval_training import RetrievalCollator, RetrievalPretrainer, RetrievalPretrainingModel, itc_itm_loss
 from .vqa_training import VqaCollator, evaluate_vqa
 
 __all__ = [

@@ -20,11 +20,7 @@ from ..data.dataset import DATA_VERSION
 from ..data.processor import build_processor, dataset_corpus
 from .evaluation import evaluate_itm
 from .presets import Preset, get_preset
-from .retrieval_training import (
-    RetrievalCollator,
-    RetrievalPretrainer,
-    RetrievalPretrainingModel,
-)
+from .retrieval_training import RetrievalCollator, RetrievalPretrainer, RetrievalPretrainingModel
 from .vqa_training import VqaCollator, evaluate_vqa
 
 TASKS = ("retrieval", "vqa")

@@ -18,16 +18,7 @@ def register_reducer(name: str):
 
 def _load_builtin_reducers() -> None:
     # Imported lazily so that `registry` has no import cycle with the method files that use `register_reducer`.
-    from . import (  # noqa: F401
-        crossget,
-        fastv,
-        madtp,
-        random_drop,
-        smarttrim,
-        textguided,
-        tome,
-        visionzip,
-    )
+    from . import crossget, fastv, madtp, random_drop, smarttrim, textguided, tome, visionzip  # noqa: F401
 
 
 def reducer_names(architecture: str | None = None) -> list[str]:

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.llava.modeling_llava import (
-    LlavaCausalLMOutputWithPast,
-    LlavaModelOutputWithPast,
-)
+from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 
 from ...config import PruningConfig
 from ...reduce import TokenReducer, get_reducer_class
