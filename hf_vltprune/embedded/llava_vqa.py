@@ -26,7 +26,7 @@ from .vqa_training import vqa_accuracy_by_kind
 IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100
 # Training steps and batch size of the tiny LLaVA per preset: its language model reads every visual token, so a
-# step costs about as much as the BLIP retrieval model's at 1.5x its batch; "tiny" takes about 25 minutes on 2 CPU
+# step costs about as much as the BLIP retrieval model's at 1.5x its batch; "tiny" takes 15-25 minutes on 2 CPU
 # cores (at 900 steps without captions it had learnt only the answer priors: 34.7%).
 LLAVA_SCHEDULES = {"micro": (4, 16), "tiny": (2400, 32), "small": (8000, 128)}
 
