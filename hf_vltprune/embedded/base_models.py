@@ -77,7 +77,7 @@ def train_base_model(preset: Preset | str, output_dir: str | Path, task: str = "
     torch.manual_seed(seed)
     if task == "retrieval":
         model = BlipForImageTextRetrieval(preset.blip_config(processor.tokenizer))
-        grid = preset.image_size // preset.patch_size if preset.grounding else None
+        grid = preset.patch_grid if preset.grounding else None
         collator = RetrievalCollator(processor, train=True, seed=seed, patch_grid=grid)
         trainer = RetrievalPretrainer(model=RetrievalPretrainingModel(model, grounding_weight=preset.grounding),
                                       args=args, train_dataset=data["train"], data_collator=collator)
@@ -87,13 +87,15 @@ def train_base_model(preset: Preset | str, output_dir: str | Path, task: str = "
     trainer.train()
     evaluate = evaluate_itm if task == "retrieval" else evaluate_vqa
     metrics = evaluate(model, data["validation"], processor)
-    if trainer.is_world_process_zero():
-        save_trained(output_dir, model, processor, trainer, metrics, preset=preset.to_dict(), task=task, seed=seed)
+    save_trained(output_dir, model, processor, trainer, metrics, preset=preset.to_dict(), task=task, seed=seed)
     return metrics
 
 
 def save_trained(output_dir: Path, model, processor, trainer, metrics: dict, **record) -> None:
-    """Model, processor and `metrics.json` (validation metrics, training log, `record`) into `output_dir`."""
+    """Model, processor and `metrics.json` (validation metrics, training log, `record`) into `output_dir`, by the
+    first of several processes only."""
+    if not trainer.is_world_process_zero():
+        return
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)

@@ -98,12 +98,13 @@ def train_llava(preset: Preset | str, output_dir: str | Path, seed: int = 0, max
     steps, batch_size = LLAVA_SCHEDULES.get(preset.name, (preset.max_steps, preset.batch_size))
     preset = dataclasses.replace(preset, max_steps=max_steps or steps, batch_size=batch_size)
     output_dir = Path(output_dir)
-    data = task_data(preset, seed)
+    args = _training_arguments(preset, output_dir, preset.max_steps, seed, report_to)
+    with args.main_process_first(desc="synthetic data"):  # several processes: one generates, the others read
+        data = task_data(preset, seed)
     processor = llava_processor(data["train"], preset)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(llava_config(preset, processor.tokenizer))
-    tokens = (preset.image_size // preset.patch_size) ** 2
-    args = _training_arguments(preset, output_dir, preset.max_steps, seed, report_to)
+    tokens = preset.patch_grid ** 2
     trainer = Trainer(model=model, args=args, train_dataset=data["train"],
                       data_collator=LlavaVqaCollator(processor, tokens, caption_share=caption_share, seed=seed))
     trainer.train()

@@ -50,12 +50,17 @@ class Preset:
             raise ValueError(f"Preset.grounding={self.grounding} is invalid: allowed >= 0 (0 turns it off).")
 
     @property
+    def patch_grid(self) -> int:
+        """Patches per image side."""
+        return self.image_size // self.patch_size
+
+    @property
     def vision_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2 + 1
+        return self.patch_grid ** 2 + 1
 
     def scene_spec(self) -> SceneSpec:
         """How this preset's scenes are drawn."""
-        grid = self.image_size // self.patch_size if self.aligned_objects else None
+        grid = self.patch_grid if self.aligned_objects else None
         return SceneSpec(image_size=self.image_size, clutter=self.clutter, max_objects=self.max_objects, grid=grid)
 
     def blip_config(self, tokenizer) -> BlipConfig:
