@@ -7,7 +7,8 @@ fine-tunes it (`hf_vltprune.embedded.finetune_pruned`: keep-ratio warm-up over h
 from the model with pruning off, the method's own losses), then scores ITM accuracy on the validation split and
 GFLOPs per sample (each sample alone, so per-instance methods are charged what they decided for it), and each
 row's accuracy difference to the fine-tuned unpruned model with its paired 95% interval (`vs_unpruned`; the
-unpruned row is fine-tuned once per recipe and evaluation set and reused from `--out` by later runs). Writes
+unpruned row is fine-tuned once per recipe and evaluation set and reused from `--out` by later runs).
+`--warmup-steps` and `--distillation` (`SelfDistillation` arguments as JSON) change the recipe. Writes
 `finetune.json` (with every row's per-statement correctness, for paired comparisons between any two rows) and
 `finetune.md` to `--out`.
 """
@@ -36,6 +37,8 @@ from hf_vltprune.embedded.evaluation import itm_predictions
 from hf_vltprune.metrics import paired_accuracy_difference
 from hf_vltprune.report import markdown_table
 
+DEFAULT_DISTILLATION = '{"alpha": 1.0}'
+
 
 def correctness(model, dataset, processor) -> torch.Tensor:
     predictions, labels = itm_predictions(model, dataset, processor)
@@ -54,7 +57,8 @@ def run(method, keep, args, base, processor, data, validation) -> dict:
     start = time.perf_counter()
     trainer = finetune_pruned(model, processor, data["train"], args.out / f"run-{method}-{keep}",
                               max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                              reducer_learning_rate=args.reducer_learning_rate, seed=args.seed, disable_tqdm=True)
+                              reducer_learning_rate=args.reducer_learning_rate, warmup_steps=args.warmup_steps,
+                              distillation=json.loads(args.distillation), seed=args.seed, disable_tqdm=True)
     seconds = time.perf_counter() - start
     model = trainer.model.eval()
     correct = correctness(model, validation, processor)
@@ -73,6 +77,8 @@ def unpruned_row(args, base, processor, data, validation) -> dict:
     `--out` (it depends on the base model, not on the methods, budgets or their options)."""
     recipe = {k: getattr(args, k) for k in ("preset", "steps", "batch_size", "learning_rate", "eval_splits",
                                             "max_examples", "seed")}
+    if args.distillation != DEFAULT_DISTILLATION:  # keys of earlier runs stay valid
+        recipe["distillation"] = json.loads(args.distillation)
     recipe["base_model"] = hashlib.sha256((base_model_dir(args.preset, args.seed) / "model.safetensors").read_bytes()
                                           ).hexdigest()
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -97,6 +103,11 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--reducer-learning-rate", type=float, default=1e-2, help="of the methods' own parameters")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="keep-ratio warm-up from 1.0 to the targets (default: half the steps)")
+    parser.add_argument("--distillation", default=DEFAULT_DISTILLATION,
+                        help="JSON arguments of hf_vltprune.SelfDistillation, e.g. '{\"alpha\": 1, "
+                             "\"hidden_weight\": 1, \"hidden_field\": \"question_embeds\"}'")
     parser.add_argument("--eval-splits", nargs="+", default=["validation"], choices=["validation", "test"],
                         help="splits scored (both: twice the statements, a tighter interval)")
     parser.add_argument("--max-examples", type=int, default=None, help="examples scored (default: all)")

@@ -48,7 +48,7 @@ def main() -> None:
     trainer = finetune_pruned(model, processor, data["train"], args.output, max_steps=args.max_steps,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               reducer_learning_rate=args.reducer_learning_rate, warmup_steps=args.warmup_steps,
-                              alpha=args.alpha)
+                              distillation={"alpha": args.alpha})
 
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model).eval()

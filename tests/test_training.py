@@ -57,6 +57,7 @@ def test_scheduler_rejects_bad_arguments(kwargs, field):
 
 @pytest.mark.parametrize("kwargs, field", [(dict(alpha=-1), "alpha"), (dict(temperature=0), "temperature"),
                                            (dict(hidden_weight=float("nan")), "hidden_weight"),
+                                           (dict(hidden_weight=1.0, hidden_field=""), "hidden_field"),
                                            (dict(alpha=0), "nothing would be distilled")])
 def test_self_distillation_rejects_bad_arguments(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -119,6 +120,18 @@ def test_self_distillation_from_the_unpruned_self_is_zero_without_pruning_and_po
     # The random tiny model's ITM head barely reads the image, so the summary state is where pruning shows.
     assert min(logged(pruned, "hidden_distillation_loss")) > 1e-4
     assert all(m.enabled for m in reducers_of(pruned.model)) and pruned.model.training
+
+
+def test_hidden_distillation_reads_the_named_output_field(tmp_path):
+    def hidden_losses(field, folder):
+        trainer = train(tmp_path / folder, callbacks=[SelfDistillation(alpha=0.0, hidden_weight=1.0,
+                                                                       hidden_field=field)], max_steps=2)
+        return [e["hidden_distillation_loss"] for e in trainer.state.log_history if "hidden_distillation_loss" in e]
+
+    vision, multimodal = hidden_losses("last_hidden_state", "a"), hidden_losses("question_embeds", "b")
+    assert min(multimodal) > 0 and multimodal != pytest.approx(vision, rel=1e-3)  # another state, another loss
+    with pytest.raises(ValueError, match="hidden_field='image_embeds'"):
+        hidden_losses("image_embeds", "c")
 
 
 def test_self_distillation_from_a_given_teacher(tmp_path):

@@ -87,7 +87,9 @@ class SelfDistillation(TrainerCallback):
     The teacher is, by default, the same model with pruning switched off (`pruning_disabled`, no copy), run in
     eval mode without gradients on the same batch; or `teacher`, any model taking the same inputs. The loss becomes
     `task_weight · task + alpha · T² · KL(teacher ‖ student)` on the output logits (`logits`, `itm_score` or
-    `logits_per_image`, whichever the model returns) `+ hidden_weight · MSE` of the first token's final states.
+    `logits_per_image`, whichever the model returns) `+ hidden_weight · MSE` of the first token's final states
+    (`hidden_field` of the output: the vision encoder's `last_hidden_state` by default; for BLIP retrieval,
+    `question_embeds` is the multimodal [CLS] state that the ITM head reads).
 
     The stock `Trainer` has no hook to change the loss, so this needs `hf_vltprune.PruningTrainer`; with any other
     trainer it stops at the start of training with a `ValueError` instead of silently doing nothing.
@@ -98,10 +100,11 @@ class SelfDistillation(TrainerCallback):
         teacher: a separate teacher model (default: the student with pruning off).
         hidden_weight: weight of the summary-token state distillation (>= 0).
         task_weight: weight of the model's own loss (>= 0; 0 trains on the teacher alone).
+        hidden_field: the output field whose first token `hidden_weight` distils.
     """
 
     def __init__(self, alpha: float = 1.0, temperature: float = 1.0, teacher: nn.Module | None = None,
-                 hidden_weight: float = 0.0, task_weight: float = 1.0):
+                 hidden_weight: float = 0.0, task_weight: float = 1.0, hidden_field: str = "last_hidden_state"):
         for name, value in (("alpha", alpha), ("hidden_weight", hidden_weight), ("task_weight", task_weight)):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"SelfDistillation.{name}={value!r} is invalid: allowed finite numbers >= 0.")
@@ -110,7 +113,11 @@ class SelfDistillation(TrainerCallback):
         if alpha == 0 and hidden_weight == 0:
             raise ValueError("SelfDistillation: alpha and hidden_weight are both 0, so nothing would be distilled.")
         self.alpha, self.temperature, self.teacher = float(alpha), float(temperature), teacher
+        if not isinstance(hidden_field, str) or not hidden_field:
+            raise ValueError(f"SelfDistillation.hidden_field={hidden_field!r} is invalid: allowed the name of an "
+                             "output field holding hidden states, such as 'last_hidden_state'.")
         self.hidden_weight, self.task_weight = float(hidden_weight), float(task_weight)
+        self.hidden_field = hidden_field
         self.attached = False  # set by PruningTrainer
 
     def on_train_begin(self, args, state, control, **kwargs):

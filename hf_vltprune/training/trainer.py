@@ -106,7 +106,12 @@ class PruningTrainer(Trainer):
             loss = loss + settings.alpha * kd
             self._record("distillation_loss", kd)
         if settings.hidden_weight:
-            hidden = summary_state_loss(outputs["last_hidden_state"], teacher_outputs["last_hidden_state"])
+            field = settings.hidden_field
+            if outputs.get(field) is None:
+                raise ValueError(f"SelfDistillation.hidden_field={field!r}: {type(outputs).__name__} has no such "
+                                 "field; name one the model returns (e.g. 'last_hidden_state'), or set "
+                                 "hidden_weight=0.")
+            hidden = summary_state_loss(outputs[field], teacher_outputs[field])
             loss = loss + settings.hidden_weight * hidden
             self._record("hidden_distillation_loss", hidden)
         return loss

@@ -9,7 +9,7 @@ the stock code paths: a prefill stores on the cache what was removed, and decodi
 
 # No `from __future__ import annotations`: transformers reads the `config` annotation as the config class.
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaModel
@@ -26,6 +26,24 @@ from .vision_tower import cls_attention_and_keys, run_vision_tower
 
 # Name of the attribute a KV cache carries after a prefill that removed tokens.
 CACHE_ATTRIBUTE = "hf_vltprune"
+# transformers 5.24 renamed the KV cache argument and output field `past_key_values` to `cache`, and the outputs'
+# `image_hidden_states` to `image_outputs` (the old names stay as deprecated aliases): use the installed names.
+_OUTPUT_FIELDS = {field.name for field in fields(LlavaModelOutputWithPast)}
+CACHE_FIELD = "cache" if "cache" in _OUTPUT_FIELDS else "past_key_values"
+IMAGE_FIELD = "image_outputs" if "image_outputs" in _OUTPUT_FIELDS else "image_hidden_states"
+
+
+def take_cache(past_key_values, kwargs: dict):
+    """The KV cache, whether the caller passed it as `past_key_values` or (transformers >= 5.24) as `cache`."""
+    cache = kwargs.pop("cache", None)
+    return past_key_values if past_key_values is not None else cache
+
+
+def image_output(image) -> dict:
+    """The outputs' image field for the installed transformers: the projected features, or the features output."""
+    if image is None:
+        return {}
+    return {IMAGE_FIELD: image if IMAGE_FIELD == "image_outputs" else torch.cat(image.pooler_output)}
 
 
 @dataclass
@@ -162,10 +180,11 @@ class LlavaPrunedModel(PrunedModelMixin, LlavaModel):
             example's answer never chooses the tokens it is predicted from). `generate()` sets it; defaults to the
             whole input.
         """
+        past_key_values = take_cache(past_key_values, kwargs)
         if self.reducer is None or not self.reducer.enabled:
             return LlavaPrunedModelOutput(**super().forward(
                 input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                position_ids=position_ids, **{CACHE_FIELD: past_key_values}, inputs_embeds=inputs_embeds,
                 vision_feature_layer=vision_feature_layer,
                 vision_feature_select_strategy=vision_feature_select_strategy, image_sizes=image_sizes,
                 mm_encoder_outputs=mm_encoder_outputs, **kwargs))
@@ -219,14 +238,14 @@ class LlavaPrunedModel(PrunedModelMixin, LlavaModel):
         kept = prompt.kept if prompt is not None else None
         if dropped is not None and dropped.current is not None:
             kept = kept.then(dropped.current) if kept is not None else dropped.current
-        if outputs.past_key_values is not None and (prompt is not None or dropped is not None):
+        cache = getattr(outputs, CACHE_FIELD)
+        if cache is not None and (prompt is not None or dropped is not None):
             offset = prompt.position_offset if prompt is not None else torch.zeros(batch, dtype=torch.long,
                                                                                    device=key_mask.device)
-            setattr(outputs.past_key_values, CACHE_ATTRIBUTE, PromptState(length, attention_mask, offset, dropped))
+            setattr(cache, CACHE_ATTRIBUTE, PromptState(length, attention_mask, offset, dropped))
         return LlavaPrunedModelOutput(
-            last_hidden_state=outputs.last_hidden_state, past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-            image_hidden_states=torch.cat(image.pooler_output) if image is not None else None, kept_tokens=kept)
+            last_hidden_state=outputs.last_hidden_state, **{CACHE_FIELD: cache}, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions, **image_output(image), kept_tokens=kept)
 
     def _decode(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, state, **kwargs):
         """A decoding step after a prefill that removed tokens: the mask and positions of the cached prompt."""
@@ -246,11 +265,11 @@ class LlavaPrunedModel(PrunedModelMixin, LlavaModel):
         outputs = self._run_language_model(inputs_embeds, attention_mask, position_ids, past_key_values, dropped,
                                            **kwargs)
         return LlavaPrunedModelOutput(last_hidden_state=outputs.last_hidden_state,
-                                      past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
-                                      attentions=outputs.attentions)
+                                      **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
     def _run_language_model(self, inputs_embeds, attention_mask, position_ids, past_key_values, dropped, **kwargs):
-        run = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+        run = dict(attention_mask=attention_mask, position_ids=position_ids, **{CACHE_FIELD: past_key_values},
                    inputs_embeds=inputs_embeds, **kwargs)
         if dropped is None:
             return self.language_model(**run)
@@ -334,9 +353,9 @@ class LlavaPrunedForConditionalGeneration(PrunedModelMixin, LlavaForConditionalG
                 labels = outputs.kept_tokens.gather(labels, fill=IGNORE_INDEX)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
                                       **kwargs)
-        return LlavaPrunedCausalLMOutput(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+        return LlavaPrunedCausalLMOutput(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
                                          hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-                                         image_hidden_states=outputs.image_hidden_states,
+                                         **{IMAGE_FIELD: getattr(outputs, IMAGE_FIELD)},
                                          kept_tokens=outputs.kept_tokens)
 
     def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
