@@ -105,3 +105,14 @@ def test_realised_cost_is_reported_per_sample():
         assert gflops == pytest.approx(measure(model, sample_inputs(inputs, row), latency_repeats=0).gflops)
     # Per-instance decisions: the images do not all cost the same.
     assert len({round(g, 9) for g in measured.gflops_per_sample}) > 1
+
+
+def test_the_alignment_features_are_computed_only_for_the_training_loss():
+    model, inputs = retrieval(), make_inputs(batch=2, length=9)
+    reducers = (model.vision_model.encoder.reducer, model.text_encoder.encoder.reducer)
+    with torch.no_grad():
+        model.eval()(**inputs)
+        assert all(reducer._features is None for reducer in reducers)  # inference does not pay for them
+        model.train()(**inputs)
+        assert all(reducer._features is not None for reducer in reducers)
+        assert "madtp_alignment_loss" in pruning_losses(model)

@@ -145,8 +145,9 @@ class MADTPReducer(TokenReducer):
         logits = (hidden @ prototypes.t()).float() / math.sqrt(self.hidden_size)  # [B, N, M]
 
         weights = masked_softmax(logits.transpose(1, 2), candidates[:, None, :], dim=-1)  # [B, M, N]
-        features = weights.to(hidden.dtype) @ hidden
-        self._features = features if self._features is None else self._features + features
+        if self.training and self.options["alignment_weight"]:  # only the alignment loss reads them
+            features = weights.to(hidden.dtype) @ hidden
+            self._features = features if self._features is None else self._features + features
 
         importance = (normalise(received_attention(metric, key_bias, valid), candidates)
                       + normalise(weights.amax(dim=1), candidates)
