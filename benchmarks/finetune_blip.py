@@ -37,7 +37,7 @@ from hf_vltprune.embedded.evaluation import itm_predictions
 from hf_vltprune.metrics import paired_accuracy_difference
 from hf_vltprune.report import markdown_table
 
-DEFAULT_DISTILLATION = '{"alpha": 1.0}'
+DEFAULT_DISTILLATION = {"alpha": 1.0}
 
 
 def correctness(model, dataset, processor) -> torch.Tensor:
@@ -58,7 +58,7 @@ def run(method, keep, args, base, processor, data, validation) -> dict:
     trainer = finetune_pruned(model, processor, data["train"], args.out / f"run-{method}-{keep}",
                               max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                               reducer_learning_rate=args.reducer_learning_rate, warmup_steps=args.warmup_steps,
-                              distillation=json.loads(args.distillation), seed=args.seed, disable_tqdm=True)
+                              distillation=args.distillation, seed=args.seed, disable_tqdm=True)
     seconds = time.perf_counter() - start
     model = trainer.model.eval()
     correct = correctness(model, validation, processor)
@@ -78,7 +78,7 @@ def unpruned_row(args, base, processor, data, validation) -> dict:
     recipe = {k: getattr(args, k) for k in ("preset", "steps", "batch_size", "learning_rate", "eval_splits",
                                             "max_examples", "seed")}
     if args.distillation != DEFAULT_DISTILLATION:  # keys of earlier runs stay valid
-        recipe["distillation"] = json.loads(args.distillation)
+        recipe["distillation"] = args.distillation
     recipe["base_model"] = hashlib.sha256((base_model_dir(args.preset, args.seed) / "model.safetensors").read_bytes()
                                           ).hexdigest()
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -105,7 +105,7 @@ def main(argv=None):
     parser.add_argument("--reducer-learning-rate", type=float, default=1e-2, help="of the methods' own parameters")
     parser.add_argument("--warmup-steps", type=int, default=None,
                         help="keep-ratio warm-up from 1.0 to the targets (default: half the steps)")
-    parser.add_argument("--distillation", default=DEFAULT_DISTILLATION,
+    parser.add_argument("--distillation", type=json.loads, default=DEFAULT_DISTILLATION,
                         help="JSON arguments of hf_vltprune.SelfDistillation, e.g. '{\"alpha\": 1, "
                              "\"hidden_weight\": 1, \"hidden_field\": \"question_embeds\"}'")
     parser.add_argument("--eval-splits", nargs="+", default=["validation"], choices=["validation", "test"],
