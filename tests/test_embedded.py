@@ -59,6 +59,11 @@ def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
     assert rows[("madtp", 0.5)]["status"] == rows[("smarttrim", 0.5)]["status"] == "fine-tuned"
     assert rows[("tome", 0.5)]["status"] == "ok"
     assert rows[("tome", 0.5)]["gflops"] < rows[("unpruned", 1.0)]["gflops"]
+    # GFLOPs of each sample run alone: a batch pays for padding (statements differ in length) and, with per-instance
+    # methods, for its longest row.
+    assert all(r["gflops"] <= r["gflops_batch"] for r in report["rows"])
+    assert rows[("unpruned", 1.0)]["gflops"] < rows[("unpruned", 1.0)]["gflops_batch"]
+    assert rows[("unpruned", 1.0)]["keep_vision"] == 1.0 > rows[("tome", 0.5)]["keep_vision"]
     assert (tmp_path / "demo" / "quality.png").stat().st_size > 0
     assert "| tome | 0.5 | ok |" in (tmp_path / "demo" / "quality.md").read_text()
     # The demo trained the cached base model once; a second call reuses it.

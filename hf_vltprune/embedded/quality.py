@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -36,8 +37,11 @@ def compare_methods(model, processor, dataset, budgets: list[float], methods: li
                     train_dataset=None) -> list[dict]:
     """Evaluate the unpruned model and each method at each `vision_keep` budget.
 
-    Each row: method, vision_keep, status, ITM accuracy, retrieval recall@1 (image to text), GFLOPs per sample and
-    latency (median ms for a batch of `latency_batch` validation examples). Methods that only work once fine-tuned
+    Each row: method, vision_keep, status, ITM accuracy, retrieval recall@1 (image to text), GFLOPs per sample (each
+    of `latency_batch` validation examples run alone, so per-instance methods are charged what they decided for it),
+    `gflops_batch` (per sample when those examples run as one batch, which per-instance methods cut only to their
+    longest row), latency (median ms for that batch) and `keep_vision` (vision tokens entering the last layer over
+    those entering the first, mean over those examples). Methods that only work once fine-tuned
     (MADTP, SmartTrim) get a short fine-tune of `finetune_steps` on `train_dataset` (`finetune_pruned`, with
     `FINETUNE_OPTIONS`; `status="fine-tuned"`), or with `finetune_steps=0` are scored as they are
     (`status="untrained"`); the other methods and the unpruned model are not trained. `methods` defaults to every
@@ -71,12 +75,14 @@ def compare_methods(model, processor, dataset, budgets: list[float], methods: li
         candidate.eval()
         torch.manual_seed(seed)  # the random baseline draws the same tokens every run
         metrics = evaluate_itm(candidate, dataset, processor)
-        cost = measure(candidate, sample, latency_repeats=5, warmup=1)
+        cost = measure(candidate, sample, latency_repeats=5, warmup=1, per_sample=True)
         status = ("fine-tuned" if finetune else "untrained") if learned else "ok"
         rows.append(dict(method=method, vision_keep=keep, status=status,
                          itm_accuracy=round(100 * metrics["itm_accuracy"], 2),
                          recall_at_1=round(100 * metrics["image_to_text_recall@1"], 2),
-                         gflops=round(cost.gflops, 4), latency_ms=round(cost.latency_ms, 2)))
+                         gflops=round(statistics.mean(cost.gflops_per_sample), 4),
+                         gflops_batch=round(cost.gflops, 4), latency_ms=round(cost.latency_ms, 2),
+                         keep_vision=round(statistics.mean(cost.keep_per_sample["vision_model"]), 3)))
     return rows
 
 
@@ -91,7 +97,8 @@ def discrimination(rows: list[dict], keep: float = 0.25) -> float | None:
 def write_report(rows: list[dict], output_dir: Path, title: str, meta: dict | None = None) -> str:
     """`quality.json`, `quality.md` (a table) and `quality.png` (accuracy against GFLOPs) in `output_dir`."""
     gap = discrimination(rows)
-    columns = ["method", "vision_keep", "status", "itm_accuracy", "recall_at_1", "gflops", "latency_ms"]
+    columns = ["method", "vision_keep", "status", "itm_accuracy", "recall_at_1", "gflops", "gflops_batch",
+               "latency_ms", "keep_vision"]
     lines = [f"{title}", "", *markdown_table(rows, columns)]
     if gap is not None:
         verdict = "discriminates" if gap >= 5 else "does NOT discriminate (needs >= 5 points)"
