@@ -116,3 +116,16 @@ def test_the_alignment_features_are_computed_only_for_the_training_loss():
         model.train()(**inputs)
         assert all(reducer._features is not None for reducer in reducers)
         assert "madtp_alignment_loss" in pruning_losses(model)
+
+
+def test_the_attention_importance_reads_the_layers_probabilities_instead_of_recomputing_them(monkeypatch):
+    from hf_vltprune.reduce.madtp import MADTPReducer
+
+    model, inputs = retrieval().eval(), make_inputs(batch=3, length=9)
+    with torch.no_grad():
+        reused, reused_cost = scores(model, inputs), measure(model, inputs, latency_repeats=0)
+        monkeypatch.setattr(MADTPReducer, "reads_attention", False)  # SDPA layers: MADTP recomputes the scores
+        recomputed, recomputed_cost = scores(model, inputs), measure(model, inputs, latency_repeats=0)
+    assert torch.allclose(reused, recomputed, atol=1e-5)  # the same importance, so the same tokens and outputs
+    assert reused_cost.tokens_per_layer == recomputed_cost.tokens_per_layer
+    assert reused_cost.gflops < recomputed_cost.gflops

@@ -13,11 +13,14 @@ from .state import TokenState
 
 
 class LayerMetric(NamedTuple):
-    """What a layer's self-attention computed anyway and reducers may read: `[B, H, N, d]` queries, keys, values."""
+    """What a layer's self-attention computed anyway and reducers may read: `[B, H, N, d]` queries, keys, values,
+    and the `[B, H, N, N]` attention probabilities when the layer computed them (eagerly, for a reducer that
+    `reads_attention`; `None` under SDPA)."""
 
     queries: torch.Tensor
     keys: torch.Tensor
     values: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
 
 
 class TokenReducer(nn.Module):
@@ -45,6 +48,9 @@ class TokenReducer(nn.Module):
     init_std: ClassVar[dict[str, float]] = {}
     # Whether the method's decisions are learned and meaningless before fine-tuning (MADTP's prototypes).
     needs_training: ClassVar[bool] = False
+    # Whether the method reads the full attention probabilities of its layers (`LayerMetric.probs`): those layers
+    # then run eager attention, which returns them, instead of the method computing them a second time.
+    reads_attention: ClassVar[bool] = False
     # The method's paper, as the model card cites it: a one-line reference and a BibTeX entry ("" when none).
     paper: ClassVar[str] = ""
     citation: ClassVar[str] = ""

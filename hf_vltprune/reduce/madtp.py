@@ -33,23 +33,27 @@ def normalise(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return values / values.sum(dim=1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny)
 
 
-def received_attention(metric: LayerMetric, key_bias: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
-    """`[B, N]`: attention each token receives from the real queries, the largest over heads."""
-    scale = metric.queries.shape[-1] ** -0.5
-    scores = (metric.queries @ metric.keys.transpose(-1, -2)).float() * scale
+def attention_probs(metric: LayerMetric, key_bias: torch.Tensor | None, summary_only: bool = False) -> torch.Tensor:
+    """`[B, H, Nq, N]` float32 attention probabilities of the layer (`Nq` = 1, the summary token's row, with
+    `summary_only`): those it computed, else recomputed from its queries and keys with `key_bias`."""
+    if metric.probs is not None:
+        return (metric.probs[:, :, :1] if summary_only else metric.probs).float()
+    queries = metric.queries[:, :, :1] if summary_only else metric.queries
+    scores = (queries @ metric.keys.transpose(-1, -2)).float() * metric.queries.shape[-1] ** -0.5
     if key_bias is not None:
         scores = scores + key_bias.float()
-    probs = scores.softmax(-1).amax(dim=1)  # [B, N, N]
+    return scores.softmax(-1)
+
+
+def received_attention(metric: LayerMetric, key_bias: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+    """`[B, N]`: attention each token receives from the real queries, the largest over heads."""
+    probs = attention_probs(metric, key_bias).amax(dim=1)  # [B, N, N]
     return (probs * valid[:, :, None]).sum(dim=1)
 
 
 def summary_attention_by_head(metric: LayerMetric, key_bias: torch.Tensor | None) -> torch.Tensor:
     """`[B, H, N]`: attention of the summary token (index 0) to each token, per head."""
-    scale = metric.queries.shape[-1] ** -0.5
-    scores = (metric.queries[:, :, :1] @ metric.keys.transpose(-1, -2)).float() * scale  # [B, H, 1, N]
-    if key_bias is not None:
-        scores = scores + key_bias.float()
-    return scores.softmax(-1)[:, :, 0]
+    return attention_probs(metric, key_bias, summary_only=True)[:, :, 0]
 
 
 def summary_attention(metric: LayerMetric, key_bias: torch.Tensor | None) -> torch.Tensor:
@@ -77,6 +81,7 @@ class MADTPReducer(TokenReducer):
     """
 
     architectures = ("blip",)  # guided by a text encoder
+    reads_attention = True  # the attention each token receives: its layer's probabilities, not a second pass
 
     default_options = {"num_prototypes": 100, "temperature": 1.0, "sharpness": 0.01, "alignment_weight": 0.1,
                        "ratio_weight": 20.0}

@@ -226,7 +226,10 @@ class SmartTrimReducer(TokenReducer):
         the token, summed over the heads the sample runs (`head_keep`, `[B, H]`; all when `None`), each head weighted
         by how much it writes to the summary token (MADTP's `summary_attention`; the mean when the metric has no
         values). Training, which masks heads, and inference, which skips them, see the same prior."""
-        probs = summary_attention_by_head(metric, state.attention_bias(torch.float32, proportional=False))
+        # Recomputed without the size term even where the layer's eager probabilities are at hand (`metric.probs`),
+        # so that eager and SDPA layers give the same prior.
+        probs = summary_attention_by_head(metric._replace(probs=None),
+                                          state.attention_bias(torch.float32, proportional=False))
         weight = probs.new_ones(probs.shape[:2]) if head_keep is None else head_keep.to(probs.dtype)
         if metric.values is None:  # the mean over the heads run (inference's metric holds only the computed heads)
             weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1)

@@ -60,6 +60,13 @@ def feed_forward(hidden: torch.Tensor, up: nn.Linear, activation, down: nn.Linea
     return down(inner) if neurons.active is None else F.linear(inner, down.weight[:, features], down.bias)
 
 
+def self_attention_implementation(reducer, layer_idx: int, implementation: str) -> str:
+    """Eager where the layer's reducer reads the attention probabilities (which SDPA does not return)."""
+    if reducer is not None and reducer.reads_attention and reducer.reduces_at(layer_idx):
+        return "eager"
+    return implementation
+
+
 class PrunedBlipAttention(BlipAttention):
     """Vision self-attention over SDPA (or eager) with an additive key bias; also returns queries, keys and values.
 
@@ -83,7 +90,7 @@ class PrunedBlipAttention(BlipAttention):
             output = self.projection(context)
         else:
             output = F.linear(context, self.projection.weight[:, features], self.projection.bias)
-        return output, probs, LayerMetric(queries=query, keys=key, values=value)
+        return output, probs, LayerMetric(queries=query, keys=key, values=value, probs=probs)
 
 
 class PrunedBlipEncoderLayer(BlipEncoderLayer):
@@ -98,6 +105,7 @@ class PrunedBlipEncoderLayer(BlipEncoderLayer):
         # `hidden_states` is `state.hidden`; it is passed positionally so transformers' hooks record the tensor.
         bias = state.attention_bias(hidden_states.dtype, proportional)
         heads = reducer.head_mask(layer_idx, state) if reducer is not None else None
+        implementation = self_attention_implementation(reducer, layer_idx, implementation)
         attn_out, _, metric = self.self_attn(self.layer_norm1(hidden_states), bias, implementation, head_mask=heads)
         state = state.with_hidden(hidden_states + attn_out)
         if reducer is not None and reducer.reduces_at(layer_idx):
@@ -134,7 +142,7 @@ class PrunedBlipTextSelfAttention(BlipTextSelfAttention):
         dropout = self.dropout.p if self.training else 0.0
         context, probs = attend(query, key, value, attention_bias, dropout, implementation)
         context = scale_heads(context, head_mask).transpose(1, 2).reshape(batch, length, -1)
-        return context, probs, LayerMetric(queries=query, keys=key, values=value)
+        return context, probs, LayerMetric(queries=query, keys=key, values=value, probs=probs)
 
 
 class PrunedBlipTextAttention(BlipTextAttention):
@@ -168,7 +176,8 @@ class PrunedBlipTextLayer(BlipTextLayer):
                 reducer=None, layer_idx=0, implementation="sdpa", proportional=True, **kwargs):
         bias = state.attention_bias(hidden_states.dtype, proportional)
         heads = reducer.head_mask(layer_idx, state) if reducer is not None else None
-        attn_out, _, metric = self.attention(hidden_states, bias, implementation=implementation, head_mask=heads)
+        self_implementation = self_attention_implementation(reducer, layer_idx, implementation)
+        attn_out, _, metric = self.attention(hidden_states, bias, implementation=self_implementation, head_mask=heads)
         state = state.with_hidden(attn_out)
         if reducer is not None and reducer.reduces_at(layer_idx):
             state = reducer(layer_idx, state, metric)
