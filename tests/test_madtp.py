@@ -54,8 +54,9 @@ def test_decisions_are_per_sample_and_a_sample_alone_matches_the_padded_batch(op
         assert len(set(counts[0])) > 1, f"different images should keep different numbers of tokens: {counts[0]}"
 
 
-def test_gradients_reach_every_learned_part_and_prototypes_are_shared():
-    model = retrieval().train()
+@THRESHOLDS
+def test_gradients_reach_every_learned_part_and_prototypes_are_shared(options):
+    model = retrieval(options=options).train()
     vision, text = model.vision_model.encoder.reducer, model.text_encoder.encoder.reducer
     assert text.shared_prototypes() is vision.prototypes and not hasattr(text, "prototypes")
     out = model(**make_inputs())

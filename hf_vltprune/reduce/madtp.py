@@ -135,7 +135,8 @@ class MADTPReducer(TokenReducer):
     def __init__(self, schedule, hidden_size, num_layers, options, **kwargs):
         super().__init__(schedule, hidden_size, num_layers, options, **kwargs)
         self.prototypes = nn.Parameter(torch.zeros(options["num_prototypes"], hidden_size))
-        self.log_temperature = nn.Parameter(torch.zeros(()))
+        if options["importance_mass"] is None:  # only the paper's threshold has a temperature
+            self.log_temperature = nn.Parameter(torch.zeros(()))
         # Per-layer scale of the threshold: the direct handle the keep-ratio loss uses to reach the budget.
         self.log_threshold_scale = nn.Parameter(torch.zeros(num_layers))
         self._owner: list[MADTPReducer] = []  # the reducer whose prototypes this one uses (a list: not a submodule)
