@@ -2,6 +2,7 @@
 warms up from 1.0 to its target while the model distils from itself with pruning off.
 
     python examples/finetune_pruned.py --preset tiny --method tome --vision-keep 0.25
+    python examples/finetune_pruned.py --preset tiny --method madtp --method-options '{"importance_mass": 0.98}'
     accelerate launch --num_processes 2 examples/finetune_pruned.py --preset tiny     # 2 GPUs (or CPU processes)
 
 The base model is the preset's cached one (trained on first use). Writes the fine-tuned checkpoint, its processor
@@ -9,6 +10,7 @@ and a model card with accuracy and GFLOPs before (pruning off) and after to --ou
 """
 
 import argparse
+import json
 
 from transformers import TrainingArguments
 
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--method", default="tome")
     parser.add_argument("--vision-keep", type=float, default=0.25)
     parser.add_argument("--text-keep", type=float, default=1.0)
+    parser.add_argument("--method-options", type=json.loads, default={}, help="the method's options, as JSON")
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--warmup-steps", type=int, default=None, help="keep-ratio warm-up (default: half the steps)")
     parser.add_argument("--alpha", type=float, default=1.0, help="self-distillation weight")
@@ -44,7 +47,7 @@ def main() -> None:
         base, processor = load_base_model(preset)  # trained once, then read from the cache
         data = task_data(preset)
     model = get_pruned_model(base, PruningConfig(method=args.method, vision_keep=args.vision_keep,
-                                                 text_keep=args.text_keep))
+                                                 text_keep=args.text_keep, method_options=args.method_options))
     trainer = finetune_pruned(model, processor, data["train"], args.output, max_steps=args.max_steps,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               reducer_learning_rate=args.reducer_learning_rate, warmup_steps=args.warmup_steps,

@@ -1,5 +1,6 @@
 """The README's example and the `vltprune` command do what they say."""
 
+import json
 import runpy
 from pathlib import Path
 
@@ -49,9 +50,12 @@ def test_finetune_example_trains_and_writes_a_card_with_numbers(tmp_path, monkey
     monkeypatch.setenv("HF_VLTPRUNE_CACHE", str(tmp_path / "cache"))
     output = tmp_path / "finetuned"
     monkeypatch.setattr("sys.argv", ["finetune_pruned.py", "--preset", "micro", "--max-steps", "4",
-                                     "--batch-size", "8", "--output", str(output)])
+                                     "--batch-size", "8", "--output", str(output), "--method", "madtp",
+                                     "--method-options", '{"importance_mass": 0.95}'])
     runpy.run_path(str(ROOT / "examples" / "finetune_pruned.py"), run_name="__main__")
     assert "ITM accuracy: unpruned" in capsys.readouterr().out
+    pruning = json.loads((output / "config.json").read_text())["pruning"]
+    assert pruning["method"] == "madtp" and pruning["method_options"]["importance_mass"] == 0.95
     card = (output / "README.md").read_text()
     assert "| `itm_accuracy` |" in card and "| GFLOPs per sample |" in card
     assert (output / "tokenizer.json").is_file() or (output / "tokenizer_config.json").is_file()
@@ -71,7 +75,6 @@ def test_cli_convert_turns_a_stock_llava_into_a_pruned_one(tmp_path):
 
 
 def test_llava_speed_benchmark_writes_its_table(tmp_path):
-    import json
 
     speed_llava = runpy.run_path(str(ROOT / "benchmarks" / "speed_llava.py"))
     speed_llava["main"](["--shape", "tiny", "--budgets", "8", "--methods", "visionzip", "fastv", "--batch-sizes",
@@ -92,7 +95,6 @@ def test_llava_quickstart_example_runs(capsys):
 
 
 def test_finetune_benchmark_compares_each_row_with_the_unpruned_one_pairwise(tmp_path, monkeypatch):
-    import json
 
     from hf_vltprune.metrics import paired_accuracy_difference
 
