@@ -68,3 +68,5 @@ def base(out: Path) -> None:
 
 if __name__ == "__main__":
     {"finetune": finetune, "base": base}[sys.argv[2]](Path(sys.argv[1]))
+    if torch.distributed.is_initialized():  # exiting with the gloo group alive once aborted a rank at teardown
+        torch.distributed.destroy_process_group()
