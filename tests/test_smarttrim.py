@@ -206,8 +206,26 @@ def test_fuse_dropped_appends_the_size_weighted_mean_of_the_dropped_tokens():
         assert out.sizes()[row, kept] == sizes[row, dropped].sum()
 
 
+@pytest.mark.parametrize("sample_cost_weight", [0.0, 0.5])
+def test_the_cost_loss_adds_each_samples_squared_distance_to_the_target_to_the_batch_term(sample_cost_weight):
+    torch.manual_seed(0)
+    options = SmartTrimReducer.resolve_options({"trim_heads": False, "initial_keep_logit": 0.0, "cost_weight": 2.0,
+                                                "sample_cost_weight": sample_cost_weight})
+    reducer = SmartTrimReducer({0: 0.5}, hidden_size=16, num_layers=1, options=options, num_heads=2).train()
+    with torch.no_grad():  # a trimmer with opinions: it keeps different shares of different samples
+        reducer.token_trimmers["0"][2].weight.normal_(std=2.0)
+    hidden = torch.randn(4, 12, 16)
+    metric = LayerMetric(queries=torch.randn(4, 2, 12, 8), keys=torch.randn(4, 2, 12, 8))
+    out = reducer(0, reducer.start(TokenState(hidden=hidden)), metric)
+    kept = out.valid()[:, 1:].sum(dim=1).float() / 11  # the [CLS] token is protected: 11 candidates
+    assert kept.min() < kept.max()  # the samples differ, so the per-sample term is not the batch term
+    expected = 2.0 * ((kept.mean() - 0.5) ** 2 + sample_cost_weight * ((kept - 0.5) ** 2).mean())
+    assert torch.allclose(reducer.losses()["smarttrim_cost_loss"], expected)
+
+
 @pytest.mark.parametrize("options, name", [({"trimmer_ratio": 0}, "trimmer_ratio"),
                                            ({"attention_prior": -1.0}, "attention_prior"),
+                                           ({"sample_cost_weight": -0.1}, "sample_cost_weight"),
                                            ({"gumbel_temperature": -1}, "gumbel_temperature"),
                                            ({"attention_share": 1.5}, "attention_share"),
                                            ({"trim_heads": "yes"}, "trim_heads"),
