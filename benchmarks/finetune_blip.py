@@ -51,14 +51,15 @@ def run(method, keep, args, base, processor, data, validation) -> dict:
                             vision_schedule=None if unpruned else args.vision_schedule,
                             text_keep=1.0 if unpruned else args.text_keep,
                             method_options={} if unpruned else json.loads(args.method_options))
-    torch.manual_seed(args.seed)
+    seed = args.seed if unpruned or args.finetune_seed is None else args.finetune_seed
+    torch.manual_seed(seed)
     model = get_pruned_model(base, pruning)
     before = correctness(model, validation, processor).float().mean().item()
     start = time.perf_counter()
     trainer = finetune_pruned(model, processor, data["train"], args.out / f"run-{method}-{keep}",
                               max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                               reducer_learning_rate=args.reducer_learning_rate, warmup_steps=args.warmup_steps,
-                              distillation=args.distillation, seed=args.seed, disable_tqdm=True)
+                              distillation=args.distillation, seed=seed, disable_tqdm=True)
     seconds = time.perf_counter() - start
     model = trainer.model.eval()
     correct = correctness(model, validation, processor)
@@ -111,7 +112,10 @@ def main(argv=None):
     parser.add_argument("--eval-splits", nargs="+", default=["validation"], choices=["validation", "test"],
                         help="splits scored (both: twice the statements, a tighter interval)")
     parser.add_argument("--max-examples", type=int, default=None, help="examples scored (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="of the data, the base model and every fine-tuning")
+    parser.add_argument("--finetune-seed", type=int, default=None,
+                        help="of the pruned models' fine-tuning only (their reducers' initialisation, the data order): "
+                             "repeats on the same base model, data and unpruned reference (default: --seed)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

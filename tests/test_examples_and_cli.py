@@ -119,3 +119,8 @@ def test_finetune_benchmark_compares_each_row_with_the_unpruned_one_pairwise(tmp
                            "--warmup-steps", "1", "--distillation",
                            '{"alpha": 1, "hidden_weight": 1, "hidden_field": "question_embeds"}'])
     assert len(list(tmp_path.glob("unpruned-*.json"))) == 2  # another distillation recipe, another unpruned row
+    finetune_blip["main"](["--preset", "micro", "--methods", "random", "--keeps", "0.5", "--steps", "2",
+                           "--batch-size", "8", "--eval-splits", "validation", "test", "--out", str(tmp_path),
+                           "--finetune-seed", "1"])
+    reused, _ = json.loads((tmp_path / "finetune.json").read_text())["rows"]
+    assert reused == unpruned and len(list(tmp_path.glob("unpruned-*.json"))) == 2  # repeats share the reference
