@@ -14,8 +14,9 @@ def finetune_pruned(model, processor, train_dataset, output_dir, max_steps: int 
     """Train `model` (a pruned `BlipPrunedForImageTextRetrieval`) with ITM on one statement per image.
 
     The keep ratio warms up from 1.0 over `warmup_steps` (default: half the steps) while the model distils from
-    itself with pruning off (`distillation`: `SelfDistillation` arguments, default none: `alpha=1`); learned reducers
-    add their own losses and train their parameters at `reducer_learning_rate`. Returns the trainer (after training).
+    itself with pruning off (`distillation`: `SelfDistillation` arguments; `None` for its defaults, `alpha=1`);
+    learned reducers add their own losses and train their parameters at `reducer_learning_rate`. Returns the trainer
+    (after training).
     """
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
