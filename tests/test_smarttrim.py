@@ -156,29 +156,47 @@ def test_the_attention_prior_starts_at_its_option_also_when_a_stock_checkpoint_i
         assert torch.equal(prior, torch.full_like(prior, 2.5))
 
 
-def test_the_attention_prior_drops_the_tokens_the_summary_token_attends_to_least():
+def kept_by_the_prior(progress=1.0, **options):
+    """`(kept, attention)`: which of 11 candidates per sample a reducer whose MLP says nothing keeps (only the
+    prior with weight 2 and the +3 offset decide), and the summary token's attention to them."""
     torch.manual_seed(0)
-    options = SmartTrimReducer.resolve_options({"trim_heads": False, "attention_prior": 2.0})
+    options = SmartTrimReducer.resolve_options({"trim_heads": False, "attention_prior": 2.0, **options})
     reducer = SmartTrimReducer({0: 0.5}, hidden_size=16, num_layers=1, options=options, num_heads=2).eval()
-    with torch.no_grad():  # the MLP says nothing: only the prior and the +3 offset decide
+    reducer.progress = progress
+    with torch.no_grad():
         reducer.token_trimmers["0"][2].weight.zero_()
         reducer.token_trimmers["0"][2].bias.zero_()
     hidden = torch.randn(3, 12, 16)
     hidden[..., 0] = torch.arange(12.0)  # each token carries its index, to see which survive
     metric = LayerMetric(queries=3 * torch.randn(3, 2, 12, 8), keys=torch.randn(3, 2, 12, 8),
                          values=0.3 * torch.randn(3, 2, 12, 8))
-    state = reducer.start(TokenState(hidden=hidden))
     with torch.no_grad():
-        out = reducer(0, state, metric)
-    attention = summary_attention(metric, None)[:, 1:]
-    expected = 2.0 * (attention * 11).log() + 3.0 > 0  # keep where weight * log(N a) + offset > 0
+        out = reducer(0, reducer.start(TokenState(hidden=hidden)), metric)
+    kept = torch.zeros(3, 11, dtype=torch.bool)
     for row in range(3):
-        kept = out.hidden[row, 1:, 0][out.valid()[row, 1:]].long() - 1
-        assert kept.tolist() == expected[row].nonzero().flatten().tolist()
-        dropped = torch.ones(11, dtype=torch.bool)
-        dropped[kept] = False
-        assert 0 < dropped.sum() < 11
-        assert attention[row, kept].min() > attention[row, dropped].max()
+        kept[row, out.hidden[row, 1:, 0][out.valid()[row, 1:]].long() - 1] = True
+    return kept, summary_attention(metric, None)[:, 1:]
+
+
+def test_the_attention_prior_drops_the_tokens_the_summary_token_attends_to_least():
+    kept, attention = kept_by_the_prior()
+    assert torch.equal(kept, 2.0 * (attention * 11).log() + 3.0 > 0)  # keep where weight * log(N a) + offset > 0
+    for row in range(3):
+        assert 0 < kept[row].sum() < 11
+        assert attention[row][kept[row]].min() > attention[row][~kept[row]].max()
+
+
+@pytest.mark.parametrize("prior_warmup", [True, False])
+def test_the_attention_prior_grows_with_the_keep_ratio_warm_up(prior_warmup):
+    kept, attention = kept_by_the_prior(progress=0.3, prior_warmup=prior_warmup)
+    weight = 2.0 * 0.3 if prior_warmup else 2.0
+    assert torch.equal(kept, weight * (attention * 11).log() + 3.0 > 0)
+    after_the_warm_up = kept_by_the_prior(progress=1.0, prior_warmup=prior_warmup)[0]
+    if prior_warmup:
+        assert kept.sum() > after_the_warm_up.sum()  # the weaker prior drops fewer tokens
+        assert bool(kept_by_the_prior(progress=0.0)[0].all())  # at the start an untrained trimmer keeps them all
+    else:
+        assert torch.equal(kept, after_the_warm_up)
 
 
 def test_fuse_dropped_appends_the_size_weighted_mean_of_the_dropped_tokens():
@@ -231,6 +249,7 @@ def test_the_cost_loss_adds_each_samples_squared_distance_to_the_target_to_the_b
                                            ({"trim_heads": "yes"}, "trim_heads"),
                                            ({"trim_neurons": 1}, "trim_neurons"),
                                            ({"fuse_dropped": "no"}, "fuse_dropped"),
+                                           ({"prior_warmup": 1}, "prior_warmup"),
                                            ({"neuron_groups": 0}, "neuron_groups"),
                                            ({"heads": 2}, "unknown option")])
 def test_bad_options_raise_value_errors(options, name):

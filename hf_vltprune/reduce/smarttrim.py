@@ -74,6 +74,11 @@ class SmartTrimReducer(TokenReducer):
             by its output's norm) and `N` the candidate tokens (0 for a token of average attention). The weight is
             learned per layer; 0 (the default) makes an untrained trimmer keep everything; 3 fine-tuned best on the
             embedded benchmark.
+        prior_warmup: scale the attention prior by the keep-ratio warm-up's `progress` (0 at its start, 1 at its
+            end and after training), so that an untrained trimmer keeps everything while the targets are near 1.0
+            and the prior ranks tokens as strongly as the falling targets ask. Without it, a prior that already
+            drops tokens at the start makes the cost loss push every keep logit up, and the trimmers may follow the
+            falling targets late and all at once (on one of two embedded base models).
         attention_share: the share of a token's per-layer compute that scales with the heads it runs (the
             attention projections: about 1/3 in a ViT or BERT layer); the rest scales with the neuron groups it runs
             (the MLP).
@@ -83,7 +88,8 @@ class SmartTrimReducer(TokenReducer):
 
     default_options = {"trim_heads": True, "trim_neurons": False, "neuron_groups": 8, "fuse_dropped": False,
                        "trimmer_ratio": 0.125, "initial_keep_logit": 3.0, "gumbel_temperature": 1.0, "noise": False,
-                       "cost_weight": 2.0, "sample_cost_weight": 0.3, "attention_share": 1 / 3, "attention_prior": 0.0}
+                       "cost_weight": 2.0, "sample_cost_weight": 0.3, "attention_share": 1 / 3, "attention_prior": 0.0,
+                       "prior_warmup": True}
     needs_training = True
     paper = ("Wang et al., SmartTrim: Adaptive Tokens and Attention Pruning for Efficient Vision-Language Models, "
              "LREC-COLING 2024")
@@ -114,7 +120,7 @@ class SmartTrimReducer(TokenReducer):
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"PruningConfig.method_options['neuron_groups']={groups!r} is invalid for method "
                              "'smarttrim': allowed integers >= 1 that divide the feed-forward width.")
-        for name in ("trim_heads", "trim_neurons", "fuse_dropped", "noise"):
+        for name in ("trim_heads", "trim_neurons", "fuse_dropped", "noise", "prior_warmup"):
             if not isinstance(options[name], bool):
                 raise ValueError(f"PruningConfig.method_options[{name!r}]={options[name]!r} is invalid for method "
                                  "'smarttrim': allowed True or False.")
@@ -202,7 +208,10 @@ class SmartTrimReducer(TokenReducer):
         summary = self._summary(state)[:, None, :].expand(-1, state.num_tokens, -1)
         logits = self.token_trimmers[str(layer_idx)](torch.cat([state.hidden, summary], dim=-1)).squeeze(-1)
         prior = self._attention_prior(state, metric, candidates, self._head_keep.get(layer_idx))
-        logits = logits + self.attention_prior[self._prior_index[layer_idx]] * prior
+        weight = self.attention_prior[self._prior_index[layer_idx]]
+        if self.options["prior_warmup"]:
+            weight = weight * self.progress
+        logits = logits + weight * prior
         hard, keep = self._decide(logits)
         keep = keep * candidates
         drop = candidates & ~hard
