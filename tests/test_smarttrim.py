@@ -199,6 +199,32 @@ def test_the_attention_prior_grows_with_the_keep_ratio_warm_up(prior_warmup):
         assert torch.equal(kept, after_the_warm_up)
 
 
+def test_with_a_positive_prior_untrained_trimmers_keep_everything_at_the_warm_ups_start_and_reload_at_its_end(
+        tmp_path):
+    from hf_vltprune import AutoPrunedModel
+    from hf_vltprune.training import set_pruning_progress
+
+    model = tiny_retrieval_model(method="smarttrim", vision_keep=0.3, method_options={"attention_prior": 10.0})
+    inputs = make_inputs(batch=4, length=9)
+    model.train()
+    set_pruning_progress(model, 0.0)  # what KeepRatioScheduler does before the first step
+    at_the_start = count_tokens(model, inputs)["vision_model"]
+    set_pruning_progress(model, 1.0)
+    after_the_warm_up = count_tokens(model, inputs)["vision_model"]
+    assert at_the_start == [65.0] * len(at_the_start)
+    assert after_the_warm_up[-1] < 65.0  # the prior alone already drops the least-attended patches
+
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).itm_score
+    set_pruning_progress(model, 0.0)  # saved mid-warm-up ...
+    model.save_pretrained(tmp_path)
+    loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
+    assert loaded.vision_model.encoder.reducer.progress == 1.0  # ... a reloaded model runs at its targets
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).itm_score, expected)
+
+
 def test_fuse_dropped_appends_the_size_weighted_mean_of_the_dropped_tokens():
     torch.manual_seed(0)
     options = SmartTrimReducer.resolve_options({"trim_heads": False, "attention_prior": 2.0, "fuse_dropped": True})

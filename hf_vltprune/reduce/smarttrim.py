@@ -58,7 +58,8 @@ class SmartTrimReducer(TokenReducer):
             do), instead of discarding them.
         trimmer_ratio: hidden width of the trimmer MLPs, as a fraction of the encoder width.
         initial_keep_logit: added to every keep logit, so an untrained trimmer keeps everything (the model starts
-            as the unpruned one and learns to trim).
+            as the unpruned one and learns to trim; with a positive `attention_prior`, while the warm-up's progress
+            is 0).
         gumbel_temperature: temperature of the Gumbel-sigmoid in training.
         noise: draw Gumbel noise in training. Off (the default), training takes the decisions inference takes
             (keep where the logit is positive) with the sigmoid's straight-through gradient; on, it explores, but
@@ -78,7 +79,8 @@ class SmartTrimReducer(TokenReducer):
             end and after training), so that an untrained trimmer keeps everything while the targets are near 1.0
             and the prior ranks tokens as strongly as the falling targets ask. Without it, a prior that already
             drops tokens at the start makes the cost loss push every keep logit up, and the trimmers may follow the
-            falling targets late and all at once (on one of two embedded base models).
+            falling targets late and all at once (on one of two embedded base models). Without `KeepRatioScheduler`
+            (or with no warm-up) `progress` is 1 and the option changes nothing; a model saved or reloaded runs at 1.
         attention_share: the share of a token's per-layer compute that scales with the heads it runs (the
             attention projections: about 1/3 in a ViT or BERT layer); the rest scales with the neuron groups it runs
             (the MLP).
