@@ -18,9 +18,9 @@ from .evaluation import evaluate_itm
 from .finetuning import finetune_pruned
 from .retrieval_training import RetrievalCollator
 
-# What fine-tuned best on the embedded benchmark (docs/benchmarks.md, runs 6, 8 and 11). The methods' own defaults
+# What fine-tuned best on the embedded benchmark (docs/benchmarks.md, runs 8, 11 and 14). The methods' own defaults
 # stay the paper's (MADTP's threshold) and what an untrained reducer needs (SmartTrim keeps everything until trained).
-FINETUNE_OPTIONS = {"smarttrim": {"trim_heads": False, "attention_prior": 3.0, "fuse_dropped": True},
+FINETUNE_OPTIONS = {"smarttrim": {"trim_heads": False, "attention_prior": 10.0, "fuse_dropped": True},
                     "madtp": {"importance_mass": 0.98}}
 FINETUNE_REDUCER_LEARNING_RATE = {"smarttrim": 1e-3, "madtp": 1e-2}
 
