@@ -75,7 +75,6 @@ def test_cli_convert_turns_a_stock_llava_into_a_pruned_one(tmp_path):
 
 
 def test_llava_speed_benchmark_writes_its_table(tmp_path):
-
     speed_llava = runpy.run_path(str(ROOT / "benchmarks" / "speed_llava.py"))
     speed_llava["main"](["--shape", "tiny", "--budgets", "8", "--methods", "visionzip", "fastv", "--batch-sizes",
                          "2", "--repeats", "1", "--decode-tokens", "1", "--out", str(tmp_path)])
@@ -95,7 +94,6 @@ def test_llava_quickstart_example_runs(capsys):
 
 
 def test_finetune_benchmark_compares_each_row_with_the_unpruned_one_pairwise(tmp_path, monkeypatch):
-
     from hf_vltprune.metrics import paired_accuracy_difference
 
     monkeypatch.setenv("HF_VLTPRUNE_CACHE", str(tmp_path / "cache"))

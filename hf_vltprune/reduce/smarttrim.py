@@ -73,8 +73,8 @@ class SmartTrimReducer(TokenReducer):
         attention_prior: initial weight of the attention prior: each token's keep logit gets `weight · log(N · a)`,
             `a` the attention the layer's [CLS] query pays the token (over the heads the sample runs, each weighted
             by its output's norm) and `N` the candidate tokens (0 for a token of average attention). The weight is
-            learned per layer; 0 (the default) makes an untrained trimmer keep everything; 3 fine-tuned best on the
-            embedded benchmark.
+            learned per layer; 0 (the default) makes an untrained trimmer keep everything; 10 fine-tuned best on the
+            embedded benchmark (against 3 and 20, with `prior_warmup`).
         prior_warmup: scale the attention prior by the keep-ratio warm-up's `progress` (0 at its start, 1 at its
             end and after training), so that an untrained trimmer keeps everything while the targets are near 1.0
             and the prior ranks tokens as strongly as the falling targets ask. Without it, a prior that already
