@@ -230,7 +230,6 @@ class BlipPrunedForImageTextRetrieval(_ImageGroundedTextMixin, BlipForImageTextR
 
     config: BlipPrunedConfig
 
-
     def forward(self, input_ids, pixel_values, use_itm_head=True, attention_mask=None,
                 interpolate_pos_encoding=False, **kwargs) -> BlipImageTextMatchingModelOutput:
         if use_itm_head:
@@ -327,7 +326,6 @@ class BlipPrunedForQuestionAnswering(_ImageGroundedTextMixin, BlipForQuestionAns
     """[`~transformers.BlipForQuestionAnswering`] with pruning-enabled vision and question encoders."""
 
     config: BlipPrunedConfig
-
 
     def _encode_question(self, input_ids, pixel_values, attention_mask, interpolate_pos_encoding, **kwargs):
         vision_outputs, question = self._encode_image_and_text(
