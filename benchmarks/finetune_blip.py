@@ -8,7 +8,7 @@ from the model with pruning off, the method's own losses), then scores ITM accur
 GFLOPs per sample (each sample alone, so per-instance methods are charged what they decided for it), and each
 row's accuracy difference to the fine-tuned unpruned model with its paired 95% interval (`vs_unpruned`; the
 unpruned row is fine-tuned once per recipe and evaluation set and reused from `--out` by later runs).
-`--warmup-steps` and `--distillation` (`SelfDistillation` arguments as JSON) change the recipe. Writes
+`--warmup-steps`, `--warmup-shape` and `--distillation` (`SelfDistillation` arguments as JSON) change the recipe. Writes
 `finetune.json` (with every row's per-statement correctness, for paired comparisons between any two rows) and
 `finetune.md` to `--out`.
 """
@@ -36,6 +36,7 @@ from hf_vltprune.embedded import (
 from hf_vltprune.embedded.evaluation import itm_predictions
 from hf_vltprune.metrics import paired_accuracy_difference
 from hf_vltprune.report import markdown_table
+from hf_vltprune.training.callbacks import SCHEDULE_SHAPES
 
 DEFAULT_DISTILLATION = {"alpha": 1.0}
 
@@ -59,7 +60,8 @@ def run(method, keep, args, base, processor, data, validation) -> dict:
     trainer = finetune_pruned(model, processor, data["train"], args.out / f"run-{method}-{keep}",
                               max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                               reducer_learning_rate=args.reducer_learning_rate, warmup_steps=args.warmup_steps,
-                              distillation=args.distillation, seed=seed, disable_tqdm=True)
+                              warmup_shape=args.warmup_shape, distillation=args.distillation, seed=seed,
+                              disable_tqdm=True)
     seconds = time.perf_counter() - start
     model = trainer.model.eval()
     correct = correctness(model, validation, processor)
@@ -106,6 +108,7 @@ def main(argv=None):
     parser.add_argument("--reducer-learning-rate", type=float, default=1e-2, help="of the methods' own parameters")
     parser.add_argument("--warmup-steps", type=int, default=None,
                         help="keep-ratio warm-up from 1.0 to the targets (default: half the steps)")
+    parser.add_argument("--warmup-shape", default="linear", choices=SCHEDULE_SHAPES, help="of the keep-ratio warm-up")
     parser.add_argument("--distillation", type=json.loads, default=DEFAULT_DISTILLATION,
                         help="JSON arguments of hf_vltprune.SelfDistillation, e.g. '{\"alpha\": 1, "
                              "\"hidden_weight\": 1, \"hidden_field\": \"question_embeds\"}'")

@@ -24,6 +24,7 @@ from hf_vltprune.embedded import (
     task_data,
 )
 from hf_vltprune.hub import measure_against_unpruned
+from hf_vltprune.training.callbacks import SCHEDULE_SHAPES
 
 
 def main() -> None:
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--method-options", type=json.loads, default={}, help="the method's options, as JSON")
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--warmup-steps", type=int, default=None, help="keep-ratio warm-up (default: half the steps)")
+    parser.add_argument("--warmup-shape", default="linear", choices=SCHEDULE_SHAPES, help="of the keep-ratio warm-up")
     parser.add_argument("--alpha", type=float, default=1.0, help="self-distillation weight")
     parser.add_argument("--batch-size", type=int, default=32, help="per device")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -51,7 +53,7 @@ def main() -> None:
     trainer = finetune_pruned(model, processor, data["train"], args.output, max_steps=args.max_steps,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               reducer_learning_rate=args.reducer_learning_rate, warmup_steps=args.warmup_steps,
-                              distillation={"alpha": args.alpha})
+                              warmup_shape=args.warmup_shape, distillation={"alpha": args.alpha})
 
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model).eval()

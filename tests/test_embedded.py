@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hf_vltprune import metrics
+from hf_vltprune import PruningConfig, get_pruned_model, metrics
 from hf_vltprune.cli import main
 from hf_vltprune.data.dataset import DATA_VERSION
-from hf_vltprune.embedded import get_preset
+from hf_vltprune.embedded import finetune_pruned, get_preset, load_base_model, task_data
 from hf_vltprune.embedded.quality import discrimination
 from hf_vltprune.reduce import reducer_names
 
@@ -74,6 +74,25 @@ def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
     assert cached.stat().st_mtime == stamp
     again = json.loads((tmp_path / "demo2" / "quality.json").read_text())["rows"]
     assert {r["status"] for r in again if r["method"] in ("madtp", "smarttrim")} == {"untrained"}
+
+
+def test_finetune_pruned_warms_the_keep_ratio_up_along_the_given_shape(cache, tmp_path):
+    """Logged after each of 4 steps (warm-up over 4): a cosine warm-up keeps more tokens early than a linear one
+    and ends at the same targets; an unknown shape is refused before any training."""
+    preset = get_preset("micro")
+    base, processor = load_base_model(preset)
+    train = task_data(preset)["train"]
+    keeps = {}
+    for shape in ("linear", "cosine"):
+        model = get_pruned_model(base, PruningConfig(method="tome", vision_keep=0.2))
+        trainer = finetune_pruned(model, processor, train, tmp_path / shape, max_steps=4, batch_size=4,
+                                  warmup_steps=4, warmup_shape=shape, disable_tqdm=True)
+        keeps[shape] = [entry["keep_vision_model"] for entry in trainer.state.log_history if "loss" in entry]
+    assert keeps["linear"][0] == keeps["cosine"][0] == 1.0
+    assert keeps["cosine"][1] > keeps["linear"][1]
+    assert keeps["cosine"][-1] == keeps["linear"][-1] < 1.0
+    with pytest.raises(ValueError, match="KeepRatioScheduler.shape"):
+        finetune_pruned(model, processor, train, tmp_path / "bad", warmup_shape="exponential")
 
 
 def test_vqa_base_model_trains_generates_and_evaluates(cache, tmp_path):
