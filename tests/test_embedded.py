@@ -77,15 +77,16 @@ def test_train_base_eval_and_demo_on_the_micro_preset(cache, tmp_path, capsys):
 
 
 def test_finetune_pruned_warms_the_keep_ratio_up_along_the_given_shape(cache, tmp_path):
-    """Logged after each of 4 steps (warm-up over 4): a cosine warm-up keeps more tokens early than a linear one
-    and ends at the same targets; an unknown shape is refused before any training."""
+    """Logged after each of 5 steps (warm-up over 4; each log shows the progress its step ran at: 0, 1/4, 1/2, 3/4,
+    1): a cosine warm-up keeps more tokens early than a linear one and both reach the same targets; an unknown shape
+    is refused before any training."""
     preset = get_preset("micro")
     base, processor = load_base_model(preset)
     train = task_data(preset)["train"]
     keeps = {}
     for shape in ("linear", "cosine"):
         model = get_pruned_model(base, PruningConfig(method="tome", vision_keep=0.2))
-        trainer = finetune_pruned(model, processor, train, tmp_path / shape, max_steps=4, batch_size=4,
+        trainer = finetune_pruned(model, processor, train, tmp_path / shape, max_steps=5, batch_size=4,
                                   warmup_steps=4, warmup_shape=shape, disable_tqdm=True)
         keeps[shape] = [entry["keep_vision_model"] for entry in trainer.state.log_history if "loss" in entry]
     assert keeps["linear"][0] == keeps["cosine"][0] == 1.0
